@@ -139,20 +139,21 @@ def load_processor(
 
 
 def set_pixel_limits(processor: ProcessorMixin, *, min_pixels: int | None, max_pixels: int | None) -> None:
-    """Set the image processor's pixel limits (Qwen2-VL style ``size={shortest_edge, longest_edge}``)."""
+    """Set the image (and video) processor's pixel limits, Qwen2-VL style ``size={shortest_edge, longest_edge}``."""
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is None:
         raise ValueError(f"{type(processor).__name__} has no image_processor to set pixel limits on")
     size = dict(getattr(image_processor, "size", None) or {})
     if min_pixels is not None:
         size["shortest_edge"] = int(min_pixels)
-        image_processor.min_pixels = int(min_pixels)
     if max_pixels is not None:
         size["longest_edge"] = int(max_pixels)
-        image_processor.max_pixels = int(max_pixels)
     if size.get("shortest_edge", 0) > size.get("longest_edge", float("inf")):
         raise ValueError(f"min_pixels {size['shortest_edge']} > max_pixels {size['longest_edge']}")
     image_processor.size = size
+    video_processor = getattr(processor, "video_processor", None)
+    if video_processor is not None:
+        video_processor.size = dict(size)
 
 
 def _resolve_dtype(dtype: str) -> Any:
