@@ -18,7 +18,11 @@ import sys
 # name -> ("module:function", one-line help). Keep one line per command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("postvl.cli:tiny_model_main", "save a tiny random Qwen2.5-VL + processor, built offline (tests, demos)"),
+    "build": ("postvl.chatml.main:main", "raw TRL/LLaMA-Factory/qwen/ms-swift/OpenAI data -> checked ChatML records"),
+    "sft": ("postvl.sft.main:main", "supervised fine-tuning with TRL: ViT frozen, LoRA optional, exact mRoPE packing"),
     "params": ("postvl.cli:params_main", "print trainable vs frozen parameters of a model with the ViT frozen"),
+    "verify": ("postvl.rejection_sampling.verify_cli:main", "check sampled answers in a JSONL against gold answers"),
+    "inspect": ("postvl.chatml.inspect:main", "show the spans a stage's records train on, token/media/reject stats"),
 }
 
 

@@ -1,0 +1,144 @@
+"""Supervised fine-tuning with TRL's SFTTrainer: ViT frozen, LoRA optional, exact mRoPE packing.
+
+    postvl sft --config configs/sft/tiny_cpu.yaml [--key value ...]
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m postvl.sft --config configs/sft/qwen2_5_vl_7b_lora.yaml
+
+The YAML holds TRL's ``SFTConfig`` and ``ModelConfig`` keys (every TRL option works) next to ours
+(``postvl.sft.config``). Data comes from ``postvl build`` folders; labels are the builder's assistant spans.
+``packing: true`` packs records into rows of ``max_length`` tokens with per-record mRoPE positions and no attention
+across records (TRL refuses packing for vision data); records longer than ``max_length`` are skipped and listed in
+``OUTPUT_DIR/skipped.jsonl``, never truncated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def make_parser():
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    from postvl.sft.config import DataArguments, OutputArguments, VisionArguments
+
+    return TrlParser((DataArguments, VisionArguments, OutputArguments, SFTConfig, ModelConfig))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trl import SFTTrainer
+
+    from postvl.modeling import freeze_vision, load_model_and_processor
+    from postvl.sft import train as lib
+    from postvl.sft.data import PackedCollator, PaddedCollator, RecordEncoder, bins_dataset, find_rope_index
+    from postvl.sft.data import plan_packing
+
+    data, vision, output, args, model_args = make_parser().parse_args_and_config(argv)
+    logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING)
+    if args.max_length is None:
+        raise ValueError("max_length must be set: records longer than it are skipped, never truncated")
+
+    # Load: pixel limits first (the dataset's, unless overridden consistently), then model, processor and records.
+    min_pixels, max_pixels = lib.resolve_pixel_limits(data.datasets, vision)
+    model, processor = load_model_and_processor(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype or "auto",
+        trust_remote_code=args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+    )
+    if vision.freeze_vision:
+        freeze_vision(model, train_merger=vision.train_merger, unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks)
+    peft_config = lib.lora_config(model, model_args, vision)
+    records = lib.load_mixed_records(data)
+    encoder = RecordEncoder(processor)
+
+    # Plan: bins of records by their stored token counts.
+    lengths = [n if n is not None else len(encoder(records[k], records.media_root_of(k)).input_ids)
+               for k, n in enumerate(records.num_tokens())]
+    if args.packing:
+        plan = plan_packing(lengths, args.max_length)
+        bins, too_long = plan.bins, plan.too_long
+        logger.info("packing: %d records -> %d rows of <= %d tokens (%.1f%% filled)",
+                    len(records) - len(too_long), len(bins), args.max_length, 100 * plan.fill)
+    else:
+        too_long = [k for k, n in enumerate(lengths) if n > args.max_length]
+        bins = [[k] for k, n in enumerate(lengths) if n <= args.max_length]
+    _write_skipped(Path(args.output_dir), records, lengths, too_long, args.max_length)
+    cfg = model.config
+    if args.packing:
+        collator = PackedCollator(records, encoder, find_rope_index(model), cfg.image_token_id, cfg.video_token_id)
+    else:
+        pad_id = processor.tokenizer.pad_token_id
+        collator = PaddedCollator(records, encoder, pad_id, cfg.image_token_id, cfg.video_token_id)
+
+    # Train: TRL sees a ready-made dataset and collator; its own packing / truncation / template swap stay off.
+    trl_args = dataclasses.replace(
+        args,
+        packing=False,
+        padding_free=False,
+        assistant_only_loss=False,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=trl_args,
+        train_dataset=bins_dataset(bins),
+        data_collator=collator,
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+    lib.check_vision_frozen(trainer.model, vision)
+    table = lib.save_parameter_table(trainer.model, args.output_dir)
+    logger.info("trainable parameters:\n%s", table)
+    trainer.train(resume_from_checkpoint=_resume(args.resume_from_checkpoint))
+
+    # Save: model or adapter + processor (pixel limits included), merged model, loss curve, summary.
+    paths = lib.save_final(trainer, processor, args.output_dir, merge_adapter=output.merge_adapter)
+    if trainer.accelerator.is_main_process:
+        if output.plot:
+            lib.plot_log_history(trainer.state.log_history, Path(args.output_dir) / "loss.png")
+        summary = {
+            "records": len(records),
+            "rows": len(bins),
+            "skipped_too_long": len(too_long),
+            "steps": trainer.state.global_step,
+            "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+            **paths,
+        }
+        (Path(args.output_dir) / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(_summary_table(summary))
+    return 0
+
+
+def _resume(value: str | None) -> str | bool | None:
+    if value in (None, "", "false", "False"):
+        return None
+    return True if value in ("true", "True", "last") else value
+
+
+def _write_skipped(out: Path, records, lengths: list[int], too_long: list[int], max_length: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "skipped.jsonl", "w", encoding="utf-8") as f:
+        for k in too_long:
+            rec_id = records[k].get("id")
+            f.write(json.dumps({"id": rec_id, "reason": "longer_than_max_length", "num_tokens": lengths[k],
+                                "max_length": max_length}) + "\n")
+    if too_long:
+        logger.warning("%d records longer than max_length=%d skipped: see %s", len(too_long), max_length,
+                       out / "skipped.jsonl")
+
+
+def _summary_table(summary: dict) -> str:
+    width = max(len(k) for k in summary)
+    return "\n".join(["SFT summary"] + [f"  {k.ljust(width)}  {v}" for k, v in summary.items()])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
