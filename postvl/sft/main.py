@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": len(bins),
             "skipped_too_long": len(too_long),
             "steps": trainer.state.global_step,
+            "processes": trainer.accelerator.num_processes,
             "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
             **paths,
         }

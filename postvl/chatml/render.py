@@ -1,0 +1,441 @@
+"""Exact Qwen2.5-VL ChatML rendering, token counts and assistant-only label spans, in plain Python.
+
+``render`` produces byte for byte what the official Qwen2.5-VL chat template (``postvl.modeling.chat_template()``)
+renders through ``tokenizer.apply_chat_template(messages, tokenize=False)``, without running jinja per record:
+
+    <|im_start|>system
+    You are a helpful assistant.<|im_end|>
+    <|im_start|>user
+    <|vision_start|><|image_pad|><|vision_end|>What is this?<|im_end|>
+    <|im_start|>assistant
+    A cat.<|im_end|>
+
+Trained spans (``render_with_spans``, ``tokenize_with_labels``) are each assistant turn's content plus its
+``<|im_end|>``: never the ``<|im_start|>assistant\\n`` header, nothing of system or user turns, and no vision block
+(``<|vision_start|>...<|vision_end|>``) even inside an assistant turn, since the model reads those and cannot emit
+them. TRL's ``assistant_only_loss=True`` (its ``{% generation %}`` training template for Qwen2.5-VL) also trains the
+``"\\n"`` after each ``<|im_end|>``; ``train_turn_newline=True`` reproduces that mask exactly.
+
+Token counts are computed the way the processor builds ``input_ids``: the text is tokenized once with one pad token
+per image / video, and each placeholder then stands for its vision-token count (``grid_t * grid_h * grid_w / 4``).
+Vision pads are added special tokens, so expanding them before or after tokenization gives the same ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from postvl.modeling import DEFAULT_SYSTEM_PROMPT
+
+logger = logging.getLogger(__name__)
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
+IGNORE_INDEX = -100
+
+_DEFAULT_SYSTEM_TURN = f"{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}\n"
+_IMAGE, _VIDEO, _TEXT = "image", "video", "text"
+
+Span = tuple[int, int]
+
+
+def render(
+    messages: Sequence[dict[str, Any]],
+    *,
+    add_generation_prompt: bool = False,
+    add_vision_id: bool = False,
+    image_pad_counts: Sequence[int] | None = None,
+    video_pad_counts: Sequence[int] | None = None,
+) -> str:
+    """Render a conversation exactly as the official Qwen2.5-VL chat template does.
+
+    Args:
+        messages: a record's ``messages`` (``postvl.records``); a turn's ``content`` may also be a plain string.
+        add_generation_prompt: end with ``<|im_start|>assistant\\n``.
+        add_vision_id: prefix each image / video with ``Picture N: `` / ``Video N: `` (the template's option).
+        image_pad_counts: when given, the i-th ``<|image_pad|>`` becomes ``image_pad_counts[i]`` pads, which is the
+            text the processor feeds the model; one count per image part, in order.
+        video_pad_counts: the same for ``<|video_pad|>``.
+
+    Returns:
+        The rendered text.
+    """
+    return _render(messages, add_generation_prompt, add_vision_id, image_pad_counts, video_pad_counts, None, False)
+
+
+def render_with_spans(
+    messages: Sequence[dict[str, Any]],
+    *,
+    add_vision_id: bool = False,
+    image_pad_counts: Sequence[int] | None = None,
+    video_pad_counts: Sequence[int] | None = None,
+    train_turn_newline: bool = False,
+) -> tuple[str, list[Span]]:
+    """Render a conversation and return the character spans a model is trained on.
+
+    Args:
+        messages, add_vision_id, image_pad_counts, video_pad_counts: as for ``render``.
+        train_turn_newline: also train the ``"\\n"`` after each assistant ``<|im_end|>`` (TRL's training template).
+
+    Returns:
+        ``(text, spans)``: ``spans`` are sorted, disjoint ``[start, end)`` offsets into ``text`` covering every
+        assistant turn's content and its ``<|im_end|>``, with vision blocks cut out.
+    """
+    spans: list[Span] = []
+    text = _render(messages, False, add_vision_id, image_pad_counts, video_pad_counts, spans, train_turn_newline)
+    return text, spans
+
+
+def assistant_label_spans(
+    messages: Sequence[dict[str, Any]], *, add_vision_id: bool = False, train_turn_newline: bool = False
+) -> list[Span]:
+    """Character spans of ``render(messages)`` that carry labels (see ``render_with_spans``)."""
+    return render_with_spans(messages, add_vision_id=add_vision_id, train_turn_newline=train_turn_newline)[1]
+
+
+def count_media(messages: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """Number of image and video placeholders the template renders (it also counts parts keyed ``image``/``video``)."""
+    images = videos = 0
+    for msg in messages:
+        content = msg["content"]
+        if isinstance(content, str):
+            continue
+        for part in content:
+            kind = _part_kind(part)
+            images += kind == _IMAGE
+            videos += kind == _VIDEO
+    return images, videos
+
+
+def count_tokens(
+    messages: Sequence[dict[str, Any]],
+    image_tokens: Sequence[int],
+    video_tokens: Sequence[int],
+    tokenizer: Any,
+    *,
+    add_vision_id: bool = False,
+) -> int:
+    """Number of tokens the model sees for a record: text tokens plus each image's and video's vision tokens.
+
+    Equals ``len(processor(text=render(messages), images=..., videos=...)["input_ids"][0])``.
+
+    Args:
+        messages: a record's ``messages``.
+        image_tokens: vision-token count of each image, in placeholder order (``grid_t * grid_h * grid_w // 4``).
+        video_tokens: the same for each video.
+        tokenizer: a Hugging Face tokenizer, or a processor holding one.
+        add_vision_id: render with ``Picture N: `` / ``Video N: `` prefixes.
+    """
+    return count_tokens_batch([messages], [image_tokens], [video_tokens], tokenizer, add_vision_id=add_vision_id)[0]
+
+
+def count_tokens_batch(
+    messages_batch: Sequence[Sequence[dict[str, Any]]],
+    image_tokens_batch: Sequence[Sequence[int]],
+    video_tokens_batch: Sequence[Sequence[int]],
+    tokenizer: Any,
+    *,
+    add_vision_id: bool = False,
+) -> list[int]:
+    """``count_tokens`` for many records with one batched call into the fast tokenizer."""
+    if not len(messages_batch) == len(image_tokens_batch) == len(video_tokens_batch):
+        raise ValueError(
+            f"count_tokens_batch got {len(messages_batch)} conversations, {len(image_tokens_batch)} image-token "
+            f"lists and {len(video_tokens_batch)} video-token lists: pass one list (maybe empty) per conversation"
+        )
+    texts = []
+    vision = []
+    for messages, image_tokens, video_tokens in zip(
+        messages_batch, image_tokens_batch, video_tokens_batch, strict=True
+    ):
+        _check_counts(messages, image_tokens, video_tokens)
+        text = render(messages, add_vision_id=add_vision_id)
+        if text.count(IMAGE_PAD) != len(image_tokens) or text.count(VIDEO_PAD) != len(video_tokens):
+            raise ValueError(
+                f"a text part contains a literal {IMAGE_PAD} or {VIDEO_PAD}, which the processor would take for a "
+                "vision placeholder: remove it from the text"
+            )
+        texts.append(text)
+        # each placeholder is one pad token in the unexpanded text and image_tokens[i] pads in the model input
+        vision.append(sum(image_tokens) - len(image_tokens) + sum(video_tokens) - len(video_tokens))
+    lengths = _text_lengths(texts, _as_tokenizer(tokenizer))
+    return [n + extra for n, extra in zip(lengths, vision, strict=True)]
+
+
+def tokenize_with_labels(
+    messages: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    image_tokens: Sequence[int] | None = None,
+    video_tokens: Sequence[int] | None = None,
+    *,
+    add_vision_id: bool = False,
+    train_turn_newline: bool = False,
+) -> tuple[list[int], list[int]]:
+    """Token ids of a record as the model sees them, and labels that train only the assistant turns.
+
+    The rendered text is tokenized once; a token is trained when its characters overlap a trained span (the rule
+    transformers uses to turn ``{% generation %}`` spans into ``assistant_masks``), so a token that straddles the
+    header and the content (``assistant\\n`` followed by content starting with ``\\n``) is trained. Vision pads are
+    then expanded to their counts with label ``-100``.
+
+    Args:
+        messages: a record's ``messages``.
+        tokenizer: a fast Hugging Face tokenizer with the Qwen2.5-VL special tokens, or a processor holding one.
+        image_tokens: vision-token count of each image in placeholder order; ``None`` keeps one pad per image (the
+            text before the processor expands it).
+        video_tokens: the same for videos.
+        add_vision_id: render with ``Picture N: `` / ``Video N: `` prefixes.
+        train_turn_newline: also train the ``"\\n"`` after each assistant ``<|im_end|>``, as TRL's
+            ``assistant_only_loss=True`` does.
+
+    Returns:
+        ``(input_ids, labels)`` of equal length; labels are the ids on trained tokens and ``-100`` elsewhere.
+    """
+    tok = _as_tokenizer(tokenizer)
+    text, spans = render_with_spans(messages, add_vision_id=add_vision_id, train_turn_newline=train_turn_newline)
+    ids, offsets = _encode_with_offsets(text, tok)
+    labels = _labels_from_spans(ids, offsets, spans)
+    if image_tokens is None and video_tokens is None:
+        return ids, labels
+    n_images, n_videos = count_media(messages)
+    image_tokens = [1] * n_images if image_tokens is None else image_tokens
+    video_tokens = [1] * n_videos if video_tokens is None else video_tokens
+    _check_counts(messages, image_tokens, video_tokens)
+    return _expand_pads(ids, labels, tok, image_tokens, video_tokens)
+
+
+@dataclass(frozen=True)
+class TrainedText:
+    """A rendered record with the characters its trained tokens cover (what ``postvl inspect`` shows)."""
+
+    text: str
+    spans: list[Span]  # merged [start, end) character spans of the tokens that carry labels
+    num_text_tokens: int  # tokens of ``text`` (one pad per image / video)
+    num_trained_tokens: int
+
+
+def trained_token_spans(
+    messages: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    add_vision_id: bool = False,
+    train_turn_newline: bool = False,
+) -> TrainedText:
+    """What ``tokenize_with_labels`` trains, mapped back onto the rendered text."""
+    tok = _as_tokenizer(tokenizer)
+    text, spans = render_with_spans(messages, add_vision_id=add_vision_id, train_turn_newline=train_turn_newline)
+    ids, offsets = _encode_with_offsets(text, tok)
+    labels = _labels_from_spans(ids, offsets, spans)
+    covered: list[Span] = []
+    n_trained = 0
+    for label, (start, end) in zip(labels, offsets, strict=True):
+        if label == IGNORE_INDEX:
+            continue
+        n_trained += 1
+        if covered and start <= covered[-1][1]:
+            covered[-1] = (covered[-1][0], max(covered[-1][1], end))
+        elif end > start:
+            covered.append((start, end))
+    return TrainedText(text, covered, len(ids), n_trained)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _part_kind(part: Any) -> str | None:
+    # Mirrors the template's tests, in its order: a part is an image when typed so or keyed `image`/`image_url`.
+    if not isinstance(part, dict):
+        raise TypeError(f"a content part must be a dict like {{'type': 'text', 'text': ...}}, got {part!r}")
+    kind = part.get("type")
+    if kind == _IMAGE or "image" in part or "image_url" in part:
+        return _IMAGE
+    if kind == _VIDEO or "video" in part:
+        return _VIDEO
+    if "text" in part:
+        return _TEXT
+    return None
+
+
+def _render(
+    messages: Sequence[dict[str, Any]],
+    add_generation_prompt: bool,
+    add_vision_id: bool,
+    image_pad_counts: Sequence[int] | None,
+    video_pad_counts: Sequence[int] | None,
+    spans: list[Span] | None,
+    train_turn_newline: bool,
+) -> str:
+    out: list[str] = []
+    pos = 0  # length of "".join(out), tracked only when spans are wanted
+    n_images = n_videos = 0
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        if i == 0 and role != "system":
+            out.append(_DEFAULT_SYSTEM_TURN)
+            pos += len(_DEFAULT_SYSTEM_TURN)
+        header = f"{IM_START}{role}\n"
+        out.append(header)
+        pos += len(header)
+        trained = spans is not None and role == "assistant"
+        start = pos
+        content = msg["content"]
+        if isinstance(content, str):
+            out.append(content)
+            pos += len(content)
+        else:
+            for part in content:
+                kind = _part_kind(part)
+                if kind == _TEXT:
+                    piece = str(part["text"])  # jinja prints None as "None"; so do we
+                elif kind == _IMAGE or kind == _VIDEO:
+                    if kind == _IMAGE:
+                        n_images += 1
+                        prefix = f"Picture {n_images}: " if add_vision_id else ""
+                        pads = IMAGE_PAD * _pad_count(image_pad_counts, n_images, "image")
+                    else:
+                        n_videos += 1
+                        prefix = f"Video {n_videos}: " if add_vision_id else ""
+                        pads = VIDEO_PAD * _pad_count(video_pad_counts, n_videos, "video")
+                    out.append(prefix)
+                    pos += len(prefix)
+                    piece = f"{VISION_START}{pads}{VISION_END}"
+                    if trained:  # the vision block is input, never a target
+                        _close_span(spans, start, pos)
+                        start = pos + len(piece)
+                else:
+                    continue
+                out.append(piece)
+                pos += len(piece)
+        out.append(IM_END + "\n")
+        pos += len(IM_END) + 1
+        if trained:
+            _close_span(spans, start, pos if train_turn_newline else pos - 1)
+    if add_generation_prompt:
+        out.append(f"{IM_START}assistant\n")
+    _check_pad_counts(image_pad_counts, n_images, "image")
+    _check_pad_counts(video_pad_counts, n_videos, "video")
+    return "".join(out)
+
+
+def _close_span(spans: list[Span], start: int, end: int) -> None:
+    if end <= start:
+        return
+    if spans and spans[-1][1] == start:
+        spans[-1] = (spans[-1][0], end)
+    else:
+        spans.append((start, end))
+
+
+def _pad_count(counts: Sequence[int] | None, index: int, kind: str) -> int:
+    if counts is None:
+        return 1
+    if index > len(counts):
+        raise ValueError(
+            f"the conversation has more {kind} parts than the {len(counts)} {kind} pad counts given: "
+            f"pass one count per {kind} part"
+        )
+    return int(counts[index - 1])
+
+
+def _check_pad_counts(counts: Sequence[int] | None, found: int, kind: str) -> None:
+    if counts is not None and len(counts) != found:
+        raise ValueError(
+            f"{len(counts)} {kind} pad counts given for {found} {kind} parts: pass one count per {kind} part"
+        )
+
+
+def _check_counts(
+    messages: Sequence[dict[str, Any]], image_tokens: Sequence[int], video_tokens: Sequence[int]
+) -> None:
+    n_images, n_videos = count_media(messages)
+    if len(image_tokens) != n_images or len(video_tokens) != n_videos:
+        raise ValueError(
+            f"the conversation has {n_images} image and {n_videos} video parts but {len(image_tokens)} image and "
+            f"{len(video_tokens)} video token counts were given: pass one count per part, in order"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tokenization
+
+
+def _as_tokenizer(obj: Any) -> Any:
+    """A processor's tokenizer, or the tokenizer itself."""
+    inner = getattr(obj, "tokenizer", None)
+    return inner if inner is not None else obj
+
+
+def _text_lengths(texts: list[str], tokenizer: Any) -> list[int]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # the Rust tokenizer directly: the same ids as tokenizer(texts) without building python-side outputs
+        return [len(enc.ids) for enc in backend.encode_batch(texts, add_special_tokens=False)]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _encode_with_offsets(text: str, tokenizer: Any) -> tuple[list[int], list[tuple[int, int]]]:
+    if not getattr(tokenizer, "is_fast", False) and getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise ValueError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer: label spans need character offsets; "
+            "load the tokenizer with AutoTokenizer (tokenizers installed)"
+        )
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def _labels_from_spans(ids: list[int], offsets: list[tuple[int, int]], spans: list[Span]) -> list[int]:
+    # A token is trained when it overlaps a span: token_start < span_end and token_end > span_start.
+    labels = [IGNORE_INDEX] * len(ids)
+    k = 0
+    for i, (start, end) in enumerate(offsets):
+        while k < len(spans) and spans[k][1] <= start:
+            k += 1
+        if k == len(spans):
+            break
+        if spans[k][0] < end:
+            labels[i] = ids[i]
+    return labels
+
+
+def _expand_pads(
+    ids: list[int],
+    labels: list[int],
+    tokenizer: Any,
+    image_tokens: Sequence[int],
+    video_tokens: Sequence[int],
+) -> tuple[list[int], list[int]]:
+    image_pad = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+    video_pad = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+    n_image_pads = ids.count(image_pad)
+    n_video_pads = ids.count(video_pad)
+    if n_image_pads != len(image_tokens) or n_video_pads != len(video_tokens):
+        raise ValueError(
+            f"the tokenized text holds {n_image_pads} {IMAGE_PAD} and {n_video_pads} {VIDEO_PAD} tokens for "
+            f"{len(image_tokens)} images and {len(video_tokens)} videos: a text part contains a literal vision "
+            "placeholder; remove it from the text"
+        )
+    out_ids: list[int] = []
+    out_labels: list[int] = []
+    i_image = i_video = 0
+    for token, label in zip(ids, labels, strict=True):
+        if token == image_pad:
+            n = image_tokens[i_image]
+            i_image += 1
+        elif token == video_pad:
+            n = video_tokens[i_video]
+            i_video += 1
+        else:
+            out_ids.append(token)
+            out_labels.append(label)
+            continue
+        out_ids.extend([token] * n)
+        out_labels.extend([IGNORE_INDEX] * n)
+    return out_ids, out_labels
