@@ -20,8 +20,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("postvl.cli:tiny_model_main", "save a tiny random Qwen2.5-VL + processor, built offline (tests, demos)"),
     "build": ("postvl.chatml.main:main", "raw TRL/LLaMA-Factory/qwen/ms-swift/OpenAI data -> checked ChatML records"),
     "sft": ("postvl.sft.main:main", "supervised fine-tuning with TRL: ViT frozen, LoRA optional, exact mRoPE packing"),
+    "dpo": ("postvl.dpo.main:main", "DPO with TRL: ViT frozen, one pass, each image encoded once per step"),
+    "run": ("postvl.pipeline:main", "the whole recipe, build -> tag -> filter -> sample -> sft -> dpo, resumable"),
+    "report": ("postvl.report:main", "a self-contained HTML report (funnel, domains, scores, curves) of a run folder"),
     "params": ("postvl.cli:params_main", "print trainable vs frozen parameters of a model with the ViT frozen"),
     "verify": ("postvl.rejection_sampling.verify_cli:main", "check sampled answers in a JSONL against gold answers"),
+    "sample": ("postvl.rejection_sampling.main:main", "k CoT answers/question, verified -> SFT records + DPO pairs"),
     "inspect": ("postvl.chatml.inspect:main", "show the spans a stage's records train on, token/media/reject stats"),
 }
 

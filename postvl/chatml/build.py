@@ -1,0 +1,303 @@
+"""The build loop: raw rows -> format adapter -> validation -> token count -> stage folder.
+
+``run_build(cfg)`` streams the inputs (this rank's share under ``accelerate launch``), turns each row into a contract
+record or a rejection with a reason, and writes them with ``StageWriter``. With ``num_proc > 1`` the per-row work
+(adapter, media probing, tokenization) runs in a process pool over chunks of rows, in input order; counting, the
+duplicate-id check and writing stay in the main process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from postvl.chatml.formats import FORMATS, dataset_info_entries, record_id, to_draft
+from postvl.chatml.validate import BuildContext, finish_record
+from postvl.io import InputFile, RawRow, Shard, StageWriter, iter_rows, list_inputs, shard_from_env
+from postvl.media import PixelConfig
+from postvl.records import RecordError
+
+logger = logging.getLogger(__name__)
+
+STAGE = "build"
+_CHUNK_ROWS = 256
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Options of ``postvl build`` (see ``postvl build --help``).
+
+    Attributes:
+        inputs: files, folders, saved datasets, or LLaMA-Factory ``dataset_info.json`` (``:name,name`` picks entries).
+        out: the stage folder to write.
+        format: one of ``FORMATS``; ``auto`` detects it per row.
+        media_root: folder media paths are resolved against (default: the inputs' common folder).
+        model: a model folder whose processor gives pixel limits and whose tokenizer counts ``num_tokens``.
+        min_pixels, max_pixels, fps, max_frames: override the processor's (or Qwen2.5-VL's default) limits.
+        allow_urls: keep http(s) media references instead of rejecting them.
+        num_proc: worker processes for the per-record work.
+        chunk_size: kept records per Parquet part.
+    """
+
+    inputs: tuple[str, ...]
+    out: str
+    format: str = "auto"
+    media_root: str | None = None
+    model: str | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+    allow_urls: bool = False
+    num_proc: int = 1
+    chunk_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not self.inputs:
+            errors.append("give at least one input")
+        if self.format not in FORMATS:
+            errors.append(f"format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.num_proc < 1:
+            errors.append(f"num_proc must be >= 1, got {self.num_proc}")
+        if self.chunk_size < 1:
+            errors.append(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.media_root is not None and not Path(self.media_root).is_dir():
+            errors.append(f"media_root {self.media_root!r} is not a folder")
+        if self.model is not None and not Path(self.model).is_dir():
+            errors.append(f"model {self.model!r} is not a local folder (save it with save_pretrained first)")
+        if errors:
+            raise ValueError("postvl build: " + "; ".join(errors))
+
+
+@dataclass
+class BuildResult:
+    """What a build did; ``stats`` is the merged ``stats.json`` on rank 0 and this rank's counts elsewhere."""
+
+    out: Path
+    stats: dict[str, Any]
+    skipped: bool = False
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def resolve_inputs(paths: Iterable[str]) -> list[InputFile]:
+    """``list_inputs`` plus LLaMA-Factory registries: ``dataset_info.json`` (every local entry),
+    ``dataset_info.json:a,b`` (the named entries) and a folder holding a ``dataset_info.json``."""
+    files: list[InputFile] = []
+    for raw in paths:
+        path, _, names = str(raw).partition(".json:")
+        path = path + ".json" if names else str(raw)
+        p = Path(path)
+        info = p if p.name == "dataset_info.json" else p / "dataset_info.json"
+        if info.is_file() and not (
+            p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
+        ):
+            for data, options in dataset_info_entries(info, names.split(",") if names else None):
+                files += [dataclasses.replace(f, options=options) for f in list_inputs([data])]
+        else:
+            files += list_inputs([path])
+    return files
+
+
+def default_media_root(inputs: list[InputFile]) -> Path:
+    """The deepest folder that holds every input; each input's relative media paths start from its own folder."""
+    folders = [str(Path(f.path).resolve().parent) for f in inputs]
+    return Path(os.path.commonpath(folders))
+
+
+def resolve_pixels(cfg: BuildConfig, processor: Any | None) -> PixelConfig:
+    overrides = {
+        "min_pixels": cfg.min_pixels,
+        "max_pixels": cfg.max_pixels,
+        "fps": cfg.fps,
+        "max_frames": cfg.max_frames,
+    }
+    if processor is not None:
+        return PixelConfig.from_processor(processor, **overrides)
+    return PixelConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Per-record work
+
+
+@dataclass
+class Outcome:
+    """A built record, or a rejection with everything ``rejected.jsonl`` needs."""
+
+    source: str
+    record: dict[str, Any] | None = None
+    reason: str | None = None
+    detail: str = ""
+    record_id: str | None = None
+    payload: Any = None
+    raw: str | None = None
+
+
+class RecordBuilder:
+    """Turns raw rows into records; one per process (holds the media probe cache and the tokenizer)."""
+
+    def __init__(self, cfg: BuildConfig, media_root: str, pixels: PixelConfig) -> None:
+        self.cfg = cfg
+        self.ctx = BuildContext(media_root=media_root, allow_urls=cfg.allow_urls, pixels=pixels)
+        self.tokenizer = load_tokenizer(cfg.model) if cfg.model else None
+        self._count_tokens = None
+        if self.tokenizer is not None:
+            from postvl.chatml.render import count_tokens
+
+            self._count_tokens = count_tokens
+
+    def build(self, raw: RawRow) -> Outcome:
+        if raw.error:
+            return Outcome(raw.source, reason=raw.error, detail=raw.detail, raw=raw.raw)
+        options = raw.input.options if raw.input else {}
+        rid = record_id(raw.data, raw.source) if isinstance(raw.data, dict) else None
+        try:
+            draft = to_draft(raw.data, fmt=self.cfg.format, source=raw.source, options=options)
+            record, sizes = finish_record(draft, self.ctx, base=self.base(raw))
+            record["num_tokens"] = self.num_tokens(record, sizes.image_tokens, sizes.video_tokens)
+        except RecordError as err:
+            return Outcome(raw.source, reason=err.reason, detail=err.detail, record_id=rid, payload=raw.data)
+        return Outcome(raw.source, record=record, record_id=record["id"])
+
+    def base(self, raw: RawRow) -> str | None:
+        """Relative media paths start from the media root when one was given, else from the input file's folder."""
+        if self.cfg.media_root or raw.input is None:
+            return None
+        path = Path(raw.input.path)
+        return str(path if raw.input.kind == "arrow" else path.parent)
+
+    def num_tokens(self, record: dict[str, Any], image_tokens: list[int], video_tokens: list[int]) -> int | None:
+        """Text + vision tokens of the rendered record (the longer side of a preference pair); ``None`` without a
+        model or when a URL image was not probed."""
+        if self._count_tokens is None or -1 in image_tokens or -1 in video_tokens:
+            return None
+        if "chosen" in record:
+            return max(
+                self._count_tokens(record["prompt"] + side, image_tokens, video_tokens, self.tokenizer)
+                for side in (record["chosen"], record["rejected"])
+            )
+        return self._count_tokens(record["messages"], image_tokens, video_tokens, self.tokenizer)
+
+
+def load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
+
+
+def load_processor_for_pixels(model: str) -> Any:
+    from postvl.modeling import load_processor
+
+    return load_processor(model)
+
+
+_WORKER: RecordBuilder | None = None
+
+
+def _init_worker(cfg: BuildConfig, media_root: str, pixels: PixelConfig) -> None:
+    global _WORKER
+    logging.basicConfig(level=logging.WARNING)
+    _WORKER = RecordBuilder(cfg, media_root, pixels)
+
+
+def _build_chunk(rows: list[RawRow]) -> list[Outcome]:
+    assert _WORKER is not None
+    return [_WORKER.build(row) for row in rows]
+
+
+def _chunks(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
+    chunk: list[RawRow] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _outcomes(cfg: BuildConfig, rows: Iterable[RawRow], media_root: str, pixels: PixelConfig) -> Iterator[Outcome]:
+    if cfg.num_proc == 1:
+        builder = RecordBuilder(cfg, media_root, pixels)
+        for row in rows:
+            yield builder.build(row)
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads (tqdm, tokenizers)
+    with ctx.Pool(cfg.num_proc, initializer=_init_worker, initargs=(cfg, media_root, pixels)) as pool:
+        for chunk in pool.imap(_build_chunk, _chunks(rows, _CHUNK_ROWS)):
+            yield from chunk
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def run_build(cfg: BuildConfig, *, shard: Shard | None = None, progress: bool = True) -> BuildResult:
+    """Build a stage folder from ``cfg.inputs``; returns the merged stats (on rank 0).
+
+    One bad record never stops the run: it becomes a line of ``rejected.jsonl`` with its reason.
+    """
+    from tqdm.auto import tqdm
+
+    shard = shard or shard_from_env()
+    inputs = resolve_inputs(cfg.inputs)
+    media_root = str(Path(cfg.media_root).resolve() if cfg.media_root else default_media_root(inputs))
+    processor = load_processor_for_pixels(cfg.model) if cfg.model else None
+    pixels = resolve_pixels(cfg, processor)
+    resolved = dataclasses.asdict(cfg) | {"media_root": media_root, "pixels": dataclasses.asdict(pixels)}
+    resolved["inputs"] = list(cfg.inputs)
+    writer = StageWriter(cfg.out, stage=STAGE, config=resolved, inputs=inputs, shard=shard, chunk_size=cfg.chunk_size)
+    with writer:
+        skipped = writer.done
+        if not skipped:
+            logger.info(
+                "building %d input(s) into %s (media root %s, rank %d/%d)",
+                len(inputs),
+                cfg.out,
+                media_root,
+                shard.rank,
+                shard.world_size,
+            )
+            seen: set[str] = set()
+            rows = iter_rows(inputs, shard)
+            bar = tqdm(desc="build", unit="rec", disable=not (progress and shard.is_main) or None, mininterval=1.0)
+            for outcome in _outcomes(cfg, rows, media_root, pixels):
+                bar.update()
+                _write(writer, outcome, seen)
+            bar.close()
+    stats = getattr(writer, "stats", None) or writer.counts.as_dict()
+    return BuildResult(out=Path(cfg.out), stats=stats, skipped=skipped)
+
+
+def _write(writer: StageWriter, outcome: Outcome, seen: set[str]) -> None:
+    if outcome.record is not None and outcome.record_id in seen:
+        outcome = Outcome(
+            outcome.source,
+            reason="duplicate_id",
+            detail=f"id {outcome.record_id!r} was kept earlier in this build",
+            record_id=outcome.record_id,
+            payload=outcome.record,
+        )
+    if outcome.record is not None:
+        seen.add(outcome.record["id"])
+        writer.keep(outcome.record)
+        return
+    writer.reject(
+        outcome.reason or "unknown_format",
+        source=outcome.source,
+        record_id=outcome.record_id,
+        detail=outcome.detail,
+        record=outcome.payload if outcome.raw is None else None,
+        raw=outcome.raw,
+    )

@@ -1,0 +1,101 @@
+"""``postvl build``: raw multimodal data in any supported format -> one ChatML stage folder.
+
+    postvl build data/mllm_demo.json data/train.jsonl --out runs/chatml \\
+        [--format auto|trl|sharegpt|llamafactory|qwen|swift|openai] [--media-root data] [--model runs/tiny] \\
+        [--min-pixels 3136] [--max-pixels 1003520] [--fps 2] [--max-frames 768] [--allow-urls] [--num-proc 4]
+
+    accelerate launch --num_processes 4 -m postvl.chatml.main data/ --out runs/chatml   # one shard per rank
+
+Writes ``OUT/data/part-*.parquet`` (SFT records; preference records in ``OUT/preference/``), ``OUT/rejected.jsonl``,
+``OUT/stats.json`` and ``OUT/manifest.json`` (see ``postvl.io``) and prints a summary table. The exit code is 0
+unless the run itself failed; bad records are rejected, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from postvl.chatml.formats import FORMATS
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="postvl build",
+        description="Build canonical ChatML records (TRL conversational format) from TRL, LLaMA-Factory, "
+        "qwen-vl-finetune, ms-swift or OpenAI-style data, with media checks, grounding rescale and token counts.",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="JSON/JSONL/Parquet files, folders, saved "
+        "datasets, or a LLaMA-Factory dataset_info.json (dataset_info.json:name picks entries)",
+    )
+    parser.add_argument("--out", required=True, help="stage folder to write")
+    parser.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: detect per row)")
+    parser.add_argument("--media-root", help="folder media paths are resolved in (default: the inputs' folder)")
+    parser.add_argument("--model", help="local model folder: its processor's pixel limits and tokenizer (num_tokens)")
+    parser.add_argument("--min-pixels", type=int, help="image min pixels (default: the processor's, or 3136)")
+    parser.add_argument("--max-pixels", type=int, help="image max pixels (default: the processor's, or 1003520)")
+    parser.add_argument("--fps", type=float, help="video frames sampled per second (default: 2)")
+    parser.add_argument("--max-frames", type=int, help="most video frames sampled (default: 768)")
+    parser.add_argument("--allow-urls", action="store_true", help="keep http(s) media instead of rejecting them")
+    parser.add_argument("--num-proc", type=int, default=1, help="worker processes (default: 1)")
+    parser.add_argument("--chunk-size", type=int, default=10_000, help="records per Parquet part")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from postvl.chatml.build import BuildConfig, run_build
+
+    cfg = BuildConfig(
+        inputs=tuple(args.inputs),
+        out=args.out,
+        format=args.format,
+        media_root=args.media_root,
+        model=args.model,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        allow_urls=args.allow_urls,
+        num_proc=args.num_proc,
+        chunk_size=args.chunk_size,
+    )
+    result = run_build(cfg)
+    if result.skipped:
+        logging.getLogger(__name__).info("%s was already built with this config and these inputs", result.out)
+    if "timings" in result.stats:  # rank 0 holds the merged stats
+        print_summary(result.stats, str(result.out))
+    return 0
+
+
+def print_summary(stats: dict, out: str) -> None:
+    """A rich table: totals, then one row per rejection reason and per domain."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from postvl.chatml.validate import REASONS
+
+    table = Table(title=f"postvl build -> {out}", show_lines=False)
+    table.add_column("", style="bold")
+    table.add_column("records", justify="right")
+    table.add_column("meaning")
+    table.add_row("total", f"{stats['total']:,}", "")
+    table.add_row("kept", f"{stats['kept']:,}", "")
+    table.add_row("rejected", f"{stats['rejected']:,}", "")
+    for reason, n in sorted(stats["reasons"].items(), key=lambda kv: -kv[1]):
+        table.add_row(f"  {reason}", f"{n:,}", REASONS.get(reason, ""))
+    for domain, n in stats.get("domains", {}).items():
+        table.add_row(f"domain {domain}", f"{n:,}", "")
+    rate = stats["timings"].get("records_per_second")
+    table.caption = f"{stats['timings']['seconds']:.1f} s" + (f", {rate:,.0f} records/s" if rate else "")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,713 @@
+"""Stage input and output: read any input with bounded memory, write stage folders atomically, shard by rank.
+
+Reading: ``list_inputs`` expands files and folders (JSON, JSONL, Parquet, and datasets saved with ``save_to_disk``);
+``iter_rows`` streams them as ``RawRow`` objects that carry their source (``file:line`` or ``file#row``). A line that
+is not valid JSON or not valid UTF-8 becomes a ``RawRow`` with an ``error`` reason, so the stage reports it as a
+rejected record instead of crashing.
+
+Writing: ``StageWriter`` implements the stage contract::
+
+    OUT/data/part-XXXXX.parquet     kept records, in chunks (preference records: OUT/preference/)
+    OUT/rejected.jsonl              {"id", "reason", "detail", "stage", "source", "record" | "raw"} per line
+    OUT/stats.json                  total, kept, rejected, reasons, domains, timings  (written last)
+    OUT/manifest.json               resolved config, input fingerprints, package versions  (written last)
+
+Every file appears under a temporary name first and is renamed when complete; ``stats.json`` and ``manifest.json``
+come last, so a folder without them is an unfinished stage. Under ``accelerate launch`` / ``torchrun`` each rank
+takes every ``world_size``-th input row, writes its own parts and a shard marker under ``OUT/_shards/``; rank 0 waits
+for all markers, merges the rejects and the counts and writes ``stats.json`` / ``manifest.json``. A rerun with the
+same config and inputs skips ranks whose marker exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from postvl.records import PREFERENCE_COLUMNS, SFT_COLUMNS, Counts, decode_meta, encode_meta
+
+logger = logging.getLogger(__name__)
+
+JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
+PARQUET_SUFFIXES = (".parquet",)
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_MAX_ELEMENT_CHARS = 64 * 1024 * 1024  # one JSON value larger than this is reported invalid, not buffered forever
+_READ_CHARS = 1 << 20
+_RAW_PREVIEW = 20_000  # characters of an unparsable row kept in rejected.jsonl
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Ranks
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the input: rows whose global index ``i`` has ``i % world_size == rank``."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def owns(self, index: int) -> bool:
+        return index % self.world_size == self.rank
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> Shard:
+    """``Shard`` from ``RANK`` / ``WORLD_SIZE`` (set by ``accelerate launch`` and ``torchrun``); ``LOCAL_RANK`` alone
+    (a single-node launcher) counts as the rank. Without them: rank 0 of 1."""
+    env = os.environ if env is None else env
+    world_size = int(env.get("WORLD_SIZE", "1") or 1)
+    rank = env.get("RANK") or env.get("LOCAL_RANK") or "0"
+    return Shard(rank=int(rank), world_size=world_size)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input: a JSON/JSONL/Parquet file or a saved ``datasets`` folder, with options for the format adapter."""
+
+    path: str
+    kind: str  # "json" | "jsonl" | "parquet" | "arrow"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One input row before any format is applied.
+
+    ``data`` is the parsed value (usually a dict); when the row could not be parsed, ``data`` is ``None``, ``error``
+    holds the reason code (``invalid_json``, ``invalid_utf8``) and ``raw`` the text as read.
+    """
+
+    source: str
+    data: Any = None
+    raw: str | None = None
+    error: str | None = None
+    detail: str = ""
+    input: InputFile | None = None
+
+
+def list_inputs(paths: Iterable[str | Path]) -> list[InputFile]:
+    """Expand files and folders into ``InputFile`` objects, in a stable order.
+
+    A folder saved by ``datasets`` (``state.json`` or ``dataset_dict.json`` inside) is one input; any other folder
+    contributes its ``.json``/``.jsonl``/``.parquet`` files, recursively and sorted.
+
+    Raises:
+        FileNotFoundError: a path does not exist or a folder holds no data files.
+        ValueError: a file has a suffix that no reader handles.
+    """
+    files: list[InputFile] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"input {str(raw)!r} does not exist")
+        if path.is_dir():
+            if is_saved_dataset(path):
+                files.append(InputFile(str(path), "arrow"))
+                continue
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in JSON_SUFFIXES + PARQUET_SUFFIXES
+            )
+            if not found:
+                raise FileNotFoundError(f"folder {str(raw)!r} holds no .json, .jsonl or .parquet files")
+            files.extend(_input_file(p) for p in found)
+        else:
+            files.append(_input_file(path))
+    return files
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def _input_file(path: Path) -> InputFile:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return InputFile(str(path), "jsonl")
+    if suffix == ".json":
+        return InputFile(str(path), "json")
+    if suffix in PARQUET_SUFFIXES:
+        return InputFile(str(path), "parquet")
+    raise ValueError(
+        f"{path}: unsupported input type {suffix!r}; give .json, .jsonl, .parquet or a saved dataset folder"
+    )
+
+
+def iter_rows(inputs: Iterable[InputFile], shard: Shard | None = None) -> Iterator[RawRow]:
+    """Stream every row of ``inputs`` (only this shard's rows when ``shard`` is given), with bounded memory."""
+    shard = shard or Shard()
+    index = 0
+    for item in inputs:
+        readers = {"jsonl": _iter_jsonl, "json": _iter_json, "parquet": _iter_parquet, "arrow": _iter_saved_dataset}
+        for row_or_skip in readers[item.kind](item, shard, index):
+            index += 1
+            if row_or_skip is not None:
+                yield row_or_skip
+
+
+def _iter_jsonl(item: InputFile, shard: Shard, start: int) -> Iterator[RawRow | None]:
+    with open(item.path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if not shard.owns(start):
+                start += 1
+                yield None
+                continue
+            start += 1
+            source = f"{item.path}:{lineno}"
+            if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raw = line.decode("utf-8", errors="replace").rstrip("\r\n")
+                yield RawRow(source, raw=raw[:_RAW_PREVIEW], error="invalid_utf8", detail=str(err), input=item)
+                continue
+            try:
+                yield RawRow(source, data=json.loads(text), input=item)
+            except json.JSONDecodeError as err:
+                yield RawRow(
+                    source, raw=text.rstrip("\r\n")[:_RAW_PREVIEW], error="invalid_json", detail=str(err), input=item
+                )
+
+
+def _iter_json(item: InputFile, shard: Shard, start: int) -> Iterator[RawRow | None]:
+    """A ``.json`` file: a top-level array streamed element by element, or a sequence of JSON values (one object, or
+    JSON Lines saved under a ``.json`` name). Invalid UTF-8 inside an element rejects that element only."""
+    for lineno, value, raw, error, detail in _json_values(item.path):
+        if not shard.owns(start):
+            start += 1
+            yield None
+            continue
+        start += 1
+        source = f"{item.path}:{lineno}"
+        if error:
+            yield RawRow(source, raw=raw[:_RAW_PREVIEW], error=error, detail=detail, input=item)
+        else:
+            yield RawRow(source, data=value, input=item)
+
+
+def _json_values(path: str) -> Iterator[tuple[int, Any, str, str | None, str]]:
+    """Yield ``(line, value, raw, error, detail)`` for each element of a JSON file, reading it in chunks."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        buf = f.read(_READ_CHARS)
+        eof = len(buf) < _READ_CHARS
+        if buf.startswith("\ufeff"):
+            buf = buf[1:]
+        pos = 0
+        line = 1
+        in_array = None  # unknown until the first non-space character
+
+        def more() -> bool:
+            nonlocal buf, pos, eof
+            if eof:
+                return False
+            chunk = f.read(max(_READ_CHARS, len(buf) - pos))
+            eof = len(chunk) == 0
+            buf = buf[pos:] + chunk
+            pos = 0
+            return bool(chunk)
+
+        def skip(chars: str) -> None:
+            nonlocal pos, line
+            while True:
+                while pos < len(buf) and buf[pos] in chars:
+                    line += buf[pos] == "\n"
+                    pos += 1
+                if pos < len(buf) or not more():
+                    return
+
+        skip(" \t\r\n")
+        if pos >= len(buf):
+            return
+        in_array = buf[pos] == "["
+        if in_array:
+            pos += 1
+        while True:
+            skip(" \t\r\n," if in_array else " \t\r\n")
+            if pos >= len(buf):
+                if in_array:
+                    yield line, None, "", "invalid_json", "unexpected end of file inside the top-level array"
+                return
+            if in_array and buf[pos] == "]":
+                return
+            start_line = line
+            while True:
+                try:
+                    value, end = decoder.raw_decode(buf, pos)
+                    break
+                except json.JSONDecodeError as err:
+                    if len(buf) - pos < _MAX_ELEMENT_CHARS and more():
+                        continue
+                    raw = buf[pos : pos + _RAW_PREVIEW]
+                    yield (
+                        start_line,
+                        None,
+                        _unescape(raw),
+                        "invalid_json",
+                        f"{err.msg} (the rest of the file is skipped)",
+                    )
+                    return
+            raw = buf[pos:end]
+            line += raw.count("\n")
+            pos = end
+            if _SURROGATE.search(raw):
+                yield start_line, None, _unescape(raw), "invalid_utf8", "bytes that are not valid UTF-8"
+            else:
+                yield start_line, value, "", None, ""
+
+
+def _unescape(text: str) -> str:
+    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+
+
+def _iter_parquet(item: InputFile, shard: Shard, start: int) -> Iterator[RawRow | None]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(item.path)
+    row = 0
+    for batch in parquet.iter_batches(batch_size=512):
+        for data in batch.to_pylist():
+            owned = shard.owns(start)
+            start += 1
+            yield RawRow(f"{item.path}#{row}", data=data, input=item) if owned else None
+            row += 1
+
+
+def _iter_saved_dataset(item: InputFile, shard: Shard, start: int) -> Iterator[RawRow | None]:
+    from datasets import Dataset, load_from_disk
+
+    loaded = load_from_disk(item.path)
+    splits = [("", loaded)] if isinstance(loaded, Dataset) else sorted(loaded.items())
+    for split, dataset in splits:
+        dataset = _undecoded(dataset)
+        label = f"{item.path}[{split}]" if split else item.path
+        for row, data in enumerate(dataset):
+            owned = shard.owns(start)
+            start += 1
+            yield RawRow(f"{label}#{row}", data=data, input=item) if owned else None
+
+
+def _undecoded(dataset: Any) -> Any:
+    """Image/Video columns as ``{"bytes", "path"}`` dicts instead of decoded PIL images (the builder probes them)."""
+    from datasets import Image, Sequence
+
+    features = dataset.features.copy()
+    changed = False
+    for name, feature in features.items():
+        if isinstance(feature, Image):
+            features[name] = Image(decode=False)
+            changed = True
+        elif isinstance(feature, (list, Sequence)):
+            inner = feature[0] if isinstance(feature, list) else feature.feature
+            if isinstance(inner, Image):
+                features[name] = [Image(decode=False)] if isinstance(feature, list) else Sequence(Image(decode=False))
+                changed = True
+    return dataset.cast(features) if changed else dataset
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fingerprints and versions
+
+
+def fingerprint_inputs(inputs: Iterable[InputFile], *, hash_below: int = 0) -> list[dict[str, Any]]:
+    """Path, size and mtime of every input file (the files of a saved dataset folder too); a SHA-256 of the content
+    for files smaller than ``hash_below`` bytes."""
+    out = []
+    for item in inputs:
+        path = Path(item.path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for p in files:
+            st = p.stat()
+            entry: dict[str, Any] = {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            if st.st_size < hash_below:
+                entry["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+            if item.options:
+                entry["options"] = dict(item.options)
+            out.append(entry)
+    return out
+
+
+def package_versions(names: Iterable[str] = ()) -> dict[str, str]:
+    from importlib import metadata
+
+    wanted = ["postvl", "transformers", "datasets", "pyarrow", "pillow", "opencv-python-headless", "torch", *names]
+    versions = {"python": sys.version.split()[0]}
+    for name in wanted:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def config_hash(config: Mapping[str, Any], fingerprints: list[dict[str, Any]], shard: Shard) -> str:
+    payload = json.dumps(
+        {"config": config, "inputs": fingerprints, "world_size": shard.world_size}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path.tmp`` then rename it over ``path`` (readers see the old file or the new one)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def record_schema(kind: str) -> Any:
+    """The Arrow schema of a stage's Parquet parts; ``text=None`` on media parts, as TRL's datasets have it."""
+    import pyarrow as pa
+
+    part = pa.struct([("type", pa.string()), ("text", pa.string())])
+    msg = pa.struct([("role", pa.string()), ("content", pa.list_(part))])
+    conversation = pa.list_(msg)
+    common = {
+        "id": pa.string(),
+        "images": pa.list_(pa.string()),
+        "videos": pa.list_(pa.string()),
+        "num_tokens": pa.int64(),
+        "meta": pa.string(),
+    }
+    if kind == "sft":
+        types = common | {"messages": conversation, "answer": pa.string(), "answer_type": pa.string()}
+        return pa.schema([(name, types[name]) for name in SFT_COLUMNS])
+    if kind == "preference":
+        types = common | {"prompt": conversation, "chosen": conversation, "rejected": conversation}
+        return pa.schema([(name, types[name]) for name in PREFERENCE_COLUMNS])
+    raise ValueError(f"record kind must be 'sft' or 'preference', got {kind!r}")
+
+
+KIND_DIRS = {"sft": "data", "preference": "preference"}
+
+
+def record_kind(record: Mapping[str, Any]) -> str:
+    return "preference" if "chosen" in record else "sft"
+
+
+class StageWriter:
+    """Writes one stage folder for this rank; use as a context manager.
+
+    ``keep(record)`` buffers kept records and flushes them as Parquet parts of ``chunk_size`` rows;
+    ``reject(...)`` appends a line to this rank's rejects. ``close()`` (on leaving the ``with`` block without an
+    exception) finishes this rank's files and shard marker; on rank 0 it then waits for every rank's marker and writes
+    the merged ``rejected.jsonl``, ``stats.json`` and ``manifest.json``.
+
+    Args:
+        out_dir: the stage folder.
+        stage: the stage's name, written into every reject line.
+        config: the resolved config (JSON-serialisable), saved in the manifest and part of the rerun key.
+        inputs: the inputs, fingerprinted into the manifest.
+        shard: this process's rank and world size.
+        chunk_size: kept records per Parquet part.
+        merge_timeout: seconds rank 0 waits for the other ranks' markers.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        stage: str,
+        config: Mapping[str, Any],
+        inputs: list[InputFile] | None = None,
+        shard: Shard | None = None,
+        chunk_size: int = 10_000,
+        merge_timeout: float = 24 * 3600,
+    ) -> None:
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.out = Path(out_dir)
+        self.stage = stage
+        self.config = dict(config)
+        self.inputs = list(inputs or [])
+        self.shard = shard or Shard()
+        self.chunk_size = chunk_size
+        self.merge_timeout = merge_timeout
+        self.counts = Counts()
+        self.domains: dict[str, int] = {}
+        self.fingerprints = fingerprint_inputs(self.inputs)
+        self.key = config_hash(self.config, self.fingerprints, self.shard)
+        self._buffers: dict[str, list[dict[str, Any]]] = {"sft": [], "preference": []}
+        self._parts: list[str] = []
+        self._chunks = {kind: 0 for kind in KIND_DIRS}
+        self._started = time.time()
+        self._rejects = None
+        self.done = self._marker_matches()
+
+    # -- paths
+
+    @property
+    def marker(self) -> Path:
+        return self.out / "_shards" / f"rank-{self.shard.rank:05d}.json"
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.out / "_shards" / f"rejected-{self.shard.rank:05d}.jsonl"
+
+    def _marker_matches(self) -> bool:
+        if not self.marker.is_file():
+            return False
+        try:
+            marker = json.loads(self.marker.read_text())
+        except json.JSONDecodeError:
+            return False
+        return marker.get("key") == self.key and all((self.out / p).is_file() for p in marker.get("parts", []))
+
+    # -- lifecycle
+
+    def __enter__(self) -> StageWriter:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "_shards").mkdir(exist_ok=True)
+        if self.shard.is_main:  # the folder stops looking complete before anything in it changes
+            for name in ("stats.json", "manifest.json"):
+                (self.out / name).unlink(missing_ok=True)
+        if self.done:
+            logger.info(
+                "rank %d: finished shard found in %s with the same config and inputs; skipping",
+                self.shard.rank,
+                self.out,
+            )
+            return self
+        self.marker.unlink(missing_ok=True)
+        self._remove_own_parts()
+        tmp = self.rejects_path.with_name(f".{self.rejects_path.name}.tmp")
+        self._rejects = tmp.open("w", encoding="utf-8")
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._rejects is not None:
+            self._rejects.close()
+
+    def _remove_own_parts(self) -> None:
+        for sub in KIND_DIRS.values():
+            folder = self.out / sub
+            if not folder.is_dir():
+                continue
+            # only this rank's files: other ranks may be writing theirs right now
+            for part in [*folder.glob("part-*.parquet"), *folder.glob(".part-*.tmp")]:
+                index = int(part.name.split("-")[1].split(".")[0])
+                if index % self.shard.world_size == self.shard.rank:
+                    part.unlink(missing_ok=True)
+
+    # -- records
+
+    def keep(self, record: Mapping[str, Any]) -> None:
+        """Buffer a kept record (``meta`` as a dict or JSON string); flush a Parquet part when the buffer is full."""
+        self._check_open()
+        kind = record_kind(record)
+        row = dict(record)
+        meta = decode_meta(row.get("meta"))
+        domain = meta.get("domain")
+        if domain:
+            self.domains[str(domain)] = self.domains.get(str(domain), 0) + 1
+        row["meta"] = encode_meta(meta)
+        self._buffers[kind].append(row)
+        self.counts.keep()
+        if len(self._buffers[kind]) >= self.chunk_size:
+            self._flush(kind)
+
+    def reject(
+        self,
+        reason: str,
+        *,
+        source: str,
+        record_id: str | None = None,
+        detail: str = "",
+        record: Mapping[str, Any] | None = None,
+        raw: str | None = None,
+    ) -> None:
+        """Count a rejected record and write its line: id, reason, stage, source and the record (or raw text)."""
+        self._check_open()
+        line: dict[str, Any] = {"id": record_id, "reason": reason, "stage": self.stage, "source": source}
+        if detail:
+            line["detail"] = detail
+        if record is not None:
+            line["record"] = record
+        if raw is not None:
+            line["raw"] = raw
+        self._rejects.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+        self.counts.reject(reason)
+
+    def _check_open(self) -> None:
+        if self._rejects is None:
+            raise RuntimeError("StageWriter is not open (use it in a `with` block) or this shard is already done")
+
+    def _flush(self, kind: str) -> None:
+        rows = self._buffers[kind]
+        if not rows:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = record_schema(kind)
+        table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+        folder = self.out / KIND_DIRS[kind]
+        folder.mkdir(exist_ok=True)
+        index = self._chunks[kind] * self.shard.world_size + self.shard.rank
+        self._chunks[kind] += 1
+        final = folder / f"part-{index:05d}.parquet"
+        tmp = folder / f".part-{index:05d}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        self._parts.append(final.relative_to(self.out).as_posix())
+        rows.clear()
+
+    def close(self) -> None:
+        """Finish this rank (parts, rejects, marker); on rank 0, merge all ranks and write stats and manifest last."""
+        if not self.done:
+            for kind in self._buffers:
+                self._flush(kind)
+            assert self._rejects is not None
+            self._rejects.flush()
+            os.fsync(self._rejects.fileno())
+            self._rejects.close()
+            os.replace(self._rejects.name, self.rejects_path)
+            self._rejects = None
+            seconds = time.time() - self._started
+            marker = {
+                "key": self.key,
+                "rank": self.shard.rank,
+                "parts": self._parts,
+                "counts": self.counts.as_dict(),
+                "domains": self.domains,
+                "seconds": round(seconds, 3),
+            }
+            write_json_atomic(self.marker, marker)
+            self.done = True
+        if self.shard.is_main:
+            self._merge()
+
+    def _merge(self) -> None:
+        markers = self._wait_for_markers()
+        counts = Counts()
+        domains: dict[str, int] = {}
+        per_rank = []
+        for marker in markers:
+            c = marker["counts"]
+            counts.merge(Counts(kept=c["kept"], reasons=dict(c["reasons"])))
+            for domain, n in marker.get("domains", {}).items():
+                domains[domain] = domains.get(domain, 0) + n
+            per_rank.append({"rank": marker["rank"], "seconds": marker["seconds"], **c})
+        listed = {part for marker in markers for part in marker["parts"]}
+        for sub in KIND_DIRS.values():  # parts left by an earlier run with more ranks
+            for part in (self.out / sub).glob("part-*.parquet") if (self.out / sub).is_dir() else []:
+                if part.relative_to(self.out).as_posix() not in listed:
+                    part.unlink()
+        tmp = self.out / ".rejected.jsonl.tmp"
+        with tmp.open("wb") as merged:
+            for rank in range(self.shard.world_size):
+                with (self.out / "_shards" / f"rejected-{rank:05d}.jsonl").open("rb") as part:
+                    while chunk := part.read(1 << 20):
+                        merged.write(chunk)
+        os.replace(tmp, self.out / "rejected.jsonl")
+        seconds = max((m["seconds"] for m in markers), default=0.0)
+        stats = counts.as_dict() | {
+            "domains": dict(sorted(domains.items())),
+            "timings": {
+                "seconds": seconds,
+                "records_per_second": round(counts.total / seconds, 1) if seconds else None,
+                "ranks": per_rank,
+            },
+        }
+        if stats["total"] != stats["kept"] + stats["rejected"]:  # Counts guarantees it; a broken merge must not pass
+            raise RuntimeError(f"stats do not add up: {stats}")
+        manifest = {
+            "stage": self.stage,
+            "config": self.config,
+            "inputs": self.fingerprints,
+            "world_size": self.shard.world_size,
+            "key": self.key,
+            "versions": package_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json_atomic(self.out / "manifest.json", manifest)
+        write_json_atomic(self.out / "stats.json", stats)
+        self.stats = stats
+
+    def _wait_for_markers(self) -> list[dict[str, Any]]:
+        deadline = time.time() + self.merge_timeout
+        paths = [self.out / "_shards" / f"rank-{r:05d}.json" for r in range(self.shard.world_size)]
+        while True:
+            markers = []
+            for p in paths:
+                if p.is_file():
+                    marker = json.loads(p.read_text())
+                    if marker.get("key") == self.key:
+                        markers.append(marker)
+            if len(markers) == len(paths):
+                return markers
+            if time.time() > deadline:
+                missing = [p.name for p in paths if not p.is_file()]
+                raise TimeoutError(
+                    f"rank 0 waited {self.merge_timeout:.0f}s for shard markers {missing} in {self.out}"
+                )
+            time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading a finished stage
+
+
+def read_stats(stage_dir: str | Path) -> dict[str, Any]:
+    """``stats.json`` of a finished stage; raises if the stage did not finish."""
+    path = Path(stage_dir) / "stats.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{stage_dir} is not a finished stage (no stats.json); rerun the stage that writes it")
+    return json.loads(path.read_text())
+
+
+def read_stage(stage_dir: str | Path, *, kind: str = "sft", batch_size: int = 1024) -> Iterator[dict[str, Any]]:
+    """Stream the kept records of a finished stage folder, ``meta`` decoded to a dict.
+
+    Args:
+        stage_dir: a folder written by ``StageWriter``.
+        kind: ``sft`` (``data/``) or ``preference`` (``preference/``).
+        batch_size: rows read at a time.
+
+    Raises:
+        FileNotFoundError: the folder has no ``stats.json`` (the stage did not finish).
+    """
+    import pyarrow.parquet as pq
+
+    read_stats(stage_dir)
+    if kind not in KIND_DIRS:
+        raise ValueError(f"kind must be one of {sorted(KIND_DIRS)}, got {kind!r}")
+    folder = Path(stage_dir) / KIND_DIRS[kind]
+    for part in sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []:
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=batch_size):
+            for row in batch.to_pylist():
+                row["meta"] = decode_meta(row.get("meta"))
+                yield row

@@ -1,0 +1,330 @@
+"""The whole recipe in one command: stages chained as (accelerate) jobs in one run folder, resumable.
+
+    postvl run configs/pipeline/demo.yaml [--run-dir DIR] [--from STAGE] [--until STAGE] [--fresh]
+
+Stages run in order, each a separate process (``accelerate launch`` with the stage's accelerate config, or plain
+``python -m postvl.cli``) fed the previous stage's folder::
+
+    RUN_DIR/raw/            synthetic inputs (when the config asks for them)
+    RUN_DIR/model/          a tiny offline model (when the config asks for one)
+    RUN_DIR/01_build/ 02_tag/ 03_filter/ 04_sample/     data stages (stage contract: data/, stats.json, manifest.json)
+    RUN_DIR/05_sft/ 06_dpo/                             training stages (checkpoints, adapter, merged/)
+    RUN_DIR/logs/<stage>.log                            each stage's full output
+    RUN_DIR/<stage>/pipeline_stage.json                 written last: the key the stage ran with, its command, time
+
+A stage is skipped when its ``pipeline_stage.json`` holds the same key: a hash of its command, its own config file's
+content, the inputs' fingerprints and the key of the stage before it, so a changed config or input re-runs it and
+everything after it. An interrupted stage (even ``kill -9``) has no ``pipeline_stage.json`` and re-runs: data stages
+skip their finished shards, training stages resume from their last checkpoint. A failing stage stops the run and
+prints the command that re-runs it alone and its log's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("build", "tag", "filter", "sample", "sft", "dpo")
+DATA_STAGES = ("build", "tag", "filter", "sample")
+MARKER = "pipeline_stage.json"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of a pipeline.
+
+    Attributes:
+        enabled: run this stage (a disabled data stage is bypassed: the next stage reads the one before it).
+        config: the stage's own YAML (``--config``), if it takes one.
+        args: extra command-line arguments for the stage.
+        accelerate_config: launch with ``accelerate launch --config_file`` this file; none: one plain process.
+    """
+
+    enabled: bool = True
+    config: str | None = None
+    args: tuple[str, ...] = ()
+    accelerate_config: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A pipeline YAML.
+
+    Attributes:
+        run_dir: the run folder (``--run-dir`` overrides it).
+        inputs: raw files / folders for ``build``; ``{run_dir}`` is replaced by the run folder.
+        model: the base model (hub id or folder) for sampling and SFT; ``{run_dir}`` is replaced.
+        synth: ``{n, seed}``: first write a synthetic dataset to ``RUN_DIR/raw`` (``postvl synth``).
+        tiny_model: ``{vocab, seed}``: first write a tiny offline model to ``RUN_DIR/model`` (``postvl tiny-model``).
+        stages: per-stage settings, keyed by ``build``, ``tag``, ``filter``, ``sample``, ``sft``, ``dpo``.
+    """
+
+    run_dir: str
+    inputs: tuple[str, ...]
+    model: str
+    synth: dict[str, Any] | None = None
+    tiny_model: dict[str, Any] | None = None
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, run_dir: str | None = None) -> PipelineConfig:
+        import yaml
+
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        errors = _unknown_keys(raw, {f.name for f in dataclasses.fields(cls)}, "pipeline config")
+        stages: dict[str, StageConfig] = {}
+        for name, spec in (raw.get("stages") or {}).items():
+            if name not in STAGES:
+                errors.append(f"unknown stage {name!r}{_did_you_mean(name, STAGES)}; stages: {', '.join(STAGES)}")
+                continue
+            spec = spec or {}
+            errors += _unknown_keys(spec, {f.name for f in dataclasses.fields(StageConfig)}, f"stage {name!r}")
+            if not errors:
+                stages[name] = StageConfig(**{**spec, "args": tuple(str(a) for a in spec.get("args", ()))})
+        for key in ("inputs", "model"):
+            if key not in raw:
+                errors.append(f"{key!r} is required")
+        if errors:
+            raise ValueError(f"{path}: " + "; ".join(errors))
+        run = str(run_dir or raw.get("run_dir") or "runs/" + Path(path).stem)
+        fill = lambda s: str(s).replace("{run_dir}", run)  # noqa: E731
+        return cls(
+            run_dir=run,
+            inputs=tuple(fill(i) for i in raw["inputs"]),
+            model=fill(raw["model"]),
+            synth=raw.get("synth"),
+            tiny_model=raw.get("tiny_model"),
+            stages={n: stages.get(n, StageConfig(enabled=False)) for n in STAGES},
+        )
+
+
+def _unknown_keys(raw: dict[str, Any], known: set[str], where: str) -> list[str]:
+    return [f"unknown key {k!r} in {where}{_did_you_mean(k, known)}" for k in raw if k not in known]
+
+
+def _did_you_mean(key: str, choices: Any) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def stage_dir(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / f"{STAGES.index(name) + 1:02d}_{name}"
+
+
+def previous_data_stage(cfg: PipelineConfig, name: str) -> str | None:
+    """The closest enabled data stage before ``name`` (its folder is ``name``'s input)."""
+    earlier = [s for s in DATA_STAGES[: STAGES.index(name)] if cfg.stages[s].enabled] if name in STAGES else []
+    return earlier[-1] if earlier else None
+
+
+def postvl_args(cfg: PipelineConfig, name: str) -> list[str]:
+    """The ``postvl <stage> ...`` arguments of a stage (without the launcher)."""
+    spec = cfg.stages[name]
+    out = str(stage_dir(cfg.run_dir, name))
+    own = (["--config", spec.config] if spec.config else []) + list(spec.args)
+    prev = previous_data_stage(cfg, name)
+    source = str(stage_dir(cfg.run_dir, prev)) if prev else None
+    if name == "build":
+        return ["build", *cfg.inputs, "--out", out, "--model", cfg.model, *own]
+    if name in ("tag", "filter"):
+        return [name, _need(source, name), "--out", out, *own]
+    if name == "sample":
+        return ["sample", _need(source, name), "--out", out, "--model", cfg.model, *own]
+    if name == "sft":
+        return ["sft", *own, "--model_name_or_path", cfg.model, "--datasets", _need(source, name), "--output_dir", out]
+    if name == "dpo":
+        sft = stage_dir(cfg.run_dir, "sft")
+        start = str(sft / "merged") if (sft / "merged").is_dir() else str(sft) if cfg.stages["sft"].enabled else cfg.model
+        pairs = str(stage_dir(cfg.run_dir, "sample"))
+        return ["dpo", *own, "--model_name_or_path", start, "--datasets", pairs, "--output_dir", out]
+    raise ValueError(f"unknown stage {name!r}")
+
+
+def _need(source: str | None, name: str) -> str:
+    if source is None:
+        raise ValueError(f"stage {name!r} needs an earlier data stage enabled (build at least)")
+    return source
+
+
+def launcher(spec: StageConfig) -> list[str]:
+    if spec.accelerate_config:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", spec.accelerate_config,
+                "-m", "postvl.cli"]
+    return [sys.executable, "-m", "postvl.cli"]
+
+
+def stage_key(cfg: PipelineConfig, name: str, upstream_key: str) -> str:
+    """What a stage's result depends on: its command, its config file's content, its inputs, the stage before."""
+    spec = cfg.stages[name]
+    parts: dict[str, Any] = {
+        "args": postvl_args(cfg, name),
+        "accelerate": _file_text(spec.accelerate_config),
+        "config": _file_text(spec.config),
+        "upstream": upstream_key,
+    }
+    if name == "build":
+        from postvl.io import fingerprint_inputs, list_inputs
+
+        parts["inputs"] = fingerprint_inputs(list_inputs(cfg.inputs))
+        parts["model"] = _dir_fingerprint(cfg.model)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_text(path: str | None) -> str | None:
+    return Path(path).read_text() if path and Path(path).is_file() else path
+
+
+def _dir_fingerprint(path: str) -> Any:
+    p = Path(path)
+    if not p.is_dir():
+        return path
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # ran | skipped | failed | disabled
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def run_pipeline(
+    cfg: PipelineConfig, *, start: str | None = None, until: str | None = None, fresh: bool = False
+) -> list[StageResult]:
+    """Prepare inputs, then run (or skip) every enabled stage in order; raises ``StageFailed`` on a failure."""
+    run_dir = Path(cfg.run_dir)
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    _prepare(cfg, run_dir)
+    results: list[StageResult] = []
+    upstream = "root"
+    forced = False
+    for name in STAGES:
+        spec = cfg.stages[name]
+        forced = forced or name == start
+        if not spec.enabled:
+            results.append(StageResult(name, "disabled"))
+            continue
+        key = stage_key(cfg, name, upstream)
+        upstream = key
+        out = stage_dir(run_dir, name)
+        marker = out / MARKER
+        done = marker.is_file() and json.loads(marker.read_text()).get("key") == key
+        if done and not forced:
+            results.append(StageResult(name, "skipped", json.loads(marker.read_text()).get("seconds", 0.0)))
+            logger.info("%s: unchanged since its last run, skipped", name)
+        else:
+            results.append(_run_stage(cfg, name, key, run_dir))
+        if name == until:
+            break
+    return results
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, name: str, returncode: int, command: list[str], log: Path) -> None:
+        super().__init__(
+            f"stage {name!r} failed (exit code {returncode}).\n  re-run it alone: {' '.join(command)}\n  log: {log}"
+        )
+        self.name, self.returncode, self.command, self.log = name, returncode, command, log
+
+
+def _run_stage(cfg: PipelineConfig, name: str, key: str, run_dir: Path) -> StageResult:
+    out = stage_dir(run_dir, name)
+    (out / MARKER).unlink(missing_ok=True)
+    spec = cfg.stages[name]
+    args = postvl_args(cfg, name)
+    if name in ("sft", "dpo") and any(out.glob("checkpoint-*")):
+        args += ["--resume_from_checkpoint", "true"]
+    command = launcher(spec) + args
+    log = run_dir / "logs" / f"{name}.log"
+    logger.info("%s: %s", name, " ".join(command))
+    started = time.time()
+    with open(log, "ab") as sink:
+        sink.write(f"\n$ {' '.join(command)}\n".encode())
+        sink.flush()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sink.write(line)
+            sys.stdout.buffer.write(line)
+        returncode = proc.wait()
+    seconds = time.time() - started
+    if returncode != 0:
+        raise StageFailed(name, returncode, command, log)
+    marker = {"stage": name, "key": key, "command": command, "seconds": round(seconds, 2), "finished": time.time()}
+    tmp = out / (MARKER + ".tmp")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(marker, indent=2) + "\n")
+    tmp.replace(out / MARKER)
+    return StageResult(name, "ran", seconds)
+
+
+def _prepare(cfg: PipelineConfig, run_dir: Path) -> None:
+    """Synthetic data and a tiny model for demos, each made once (skipped when already there)."""
+    if cfg.synth is not None and not (run_dir / "raw" / "train.jsonl").is_file():
+        args = ["synth", str(run_dir / "raw"), "--n", str(cfg.synth.get("n", 200)),
+                "--seed", str(cfg.synth.get("seed", 0))]
+        subprocess.run([sys.executable, "-m", "postvl.cli", *args], check=True)
+    if cfg.tiny_model is not None and not (Path(cfg.model) / "config.json").is_file():
+        args = ["tiny-model", cfg.model, "--vocab", str(cfg.tiny_model.get("vocab", "small")),
+                "--seed", str(cfg.tiny_model.get("seed", 0))]
+        subprocess.run([sys.executable, "-m", "postvl.cli", *args], check=True)
+
+
+def summary_table(results: list[StageResult], run_dir: str | Path) -> str:
+    rows = [("stage", "status", "seconds", "records in -> kept (rejected)")]
+    for r in results:
+        counts = ""
+        stats = stage_dir(run_dir, r.name) / "stats.json"
+        if stats.is_file():
+            s = json.loads(stats.read_text())
+            counts = f"{s.get('total')} -> {s.get('kept')} ({s.get('rejected')})"
+        rows.append((r.name, r.status, f"{r.seconds:.1f}" if r.seconds else "", counts))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="postvl run", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="pipeline YAML (configs/pipeline/*.yaml)")
+    parser.add_argument("--run-dir", help="run folder (default: the config's run_dir)")
+    parser.add_argument("--from", dest="start", choices=STAGES, help="re-run from this stage on, even if unchanged")
+    parser.add_argument("--until", choices=STAGES, help="stop after this stage")
+    parser.add_argument("--fresh", action="store_true", help="delete the run folder first")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = PipelineConfig.from_yaml(args.config, args.run_dir)
+    try:
+        results = run_pipeline(cfg, start=args.start, until=args.until, fresh=args.fresh)
+    except StageFailed as err:
+        print(f"\n{err}", file=sys.stderr)
+        return 1
+    print("\n" + summary_table(results, cfg.run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
