@@ -1,0 +1,118 @@
+"""Query-answer relevance: an answer whose text has little to do with its question."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from postvl.filtering.base import CJK_CHARS, Filter, Sample
+
+Embed = Callable[[list[str]], np.ndarray]
+"""``embed(texts) -> array of shape (len(texts), dim)``; any sentence-embedding backend fits."""
+
+
+class RelevanceFilter(Filter):
+    """Rejects an answer whose similarity to its query is below ``threshold``.
+
+    With ``embed`` the similarity is the cosine of the two embeddings. Without it, a cheap lexical fallback is used
+    (``lexical_similarity``): the cosine of character n-gram count vectors, n-grams taken inside each lower-cased
+    word (``ngram_size``, the word padded with a space on each side) and inside each run of CJK characters
+    (``cjk_ngram_size``), with common English function words dropped. The lexical score only sees shared surface
+    text, so it is a weak screen: it catches answers about something else entirely (a recipe for a geometry
+    question) and misses paraphrases; keep its threshold low, and use it where the query carries the topic
+    (text-only questions) rather than "Describe the image.". Pairs shorter than ``min_query_chars`` /
+    ``min_answer_chars`` are not judged ("Yes" shares nothing with its question).
+
+    Args:
+        threshold: lowest similarity kept.
+        embed: ``texts -> (n, dim) array``; ``None`` for the lexical fallback.
+        ngram_size: character n-gram size inside words of the lexical fallback.
+        cjk_ngram_size: character n-gram size inside CJK runs of the lexical fallback.
+        min_query_chars: shorter queries are not judged.
+        min_answer_chars: shorter answers are not judged.
+
+    Reason: ``irrelevant_answer``.
+    """
+
+    name = "relevance"
+
+    def __init__(
+        self,
+        threshold: float = 0.05,
+        embed: Embed | None = None,
+        ngram_size: int = 3,
+        cjk_ngram_size: int = 2,
+        min_query_chars: int = 15,
+        min_answer_chars: int = 40,
+    ) -> None:
+        if not -1 <= threshold <= 1:
+            raise ValueError(f"relevance: threshold must be in [-1, 1], got {threshold}")
+        if ngram_size < 1 or cjk_ngram_size < 1:
+            raise ValueError(f"relevance: n-gram sizes must be >= 1, got {ngram_size} and {cjk_ngram_size}")
+        self.threshold = threshold
+        self.ngram_size = ngram_size
+        self.cjk_ngram_size = cjk_ngram_size
+        self.min_query_chars = min_query_chars
+        self.min_answer_chars = min_answer_chars
+        self._embed = embed
+
+    def similarity(self, query: str, answer: str) -> float:
+        """Cosine similarity of the two texts (embedding or lexical)."""
+        if self._embed is not None:
+            vectors = np.asarray(self._embed([query, answer]), dtype=np.float64)
+            norm = float(np.linalg.norm(vectors[0]) * np.linalg.norm(vectors[1]))
+            return float(vectors[0] @ vectors[1]) / norm if norm else 0.0
+        return lexical_similarity(query, answer, self.ngram_size, self.cjk_ngram_size)
+
+    def check(self, record: Mapping[str, Any] | Sample) -> str | None:
+        sample = Sample.of(record)
+        query, answer = sample.query, sample.answer
+        if len(query) < self.min_query_chars or len(answer) < self.min_answer_chars:
+            return None
+        if self.similarity(query, answer) < self.threshold:
+            return "irrelevant_answer"
+        return None
+
+
+def lexical_similarity(a: str, b: str, ngram_size: int = 3, cjk_ngram_size: int = 2) -> float:
+    """Cosine of the character n-gram count vectors of two texts (see ``RelevanceFilter``), in [0, 1]."""
+    va, vb = _char_ngrams(a, ngram_size, cjk_ngram_size), _char_ngrams(b, ngram_size, cjk_ngram_size)
+    if not va or not vb:
+        return 0.0
+    if len(va) > len(vb):
+        va, vb = vb, va
+    dot = sum(count * vb[gram] for gram, count in va.items() if gram in vb)
+    if not dot:
+        return 0.0
+    return dot / math.sqrt(sum(c * c for c in va.values()) * sum(c * c for c in vb.values()))
+
+
+# Function words carry no topic; their n-grams would make any two English texts look alike.
+_STOPWORDS = frozenset(
+    "a an and are as at be been but by can do does for from has have how i if in into is it its of on or so that "
+    "the their then there these this those to was were what when where which who why will with you your".split()
+)
+_RUN_RE = re.compile(f"([{CJK_CHARS}]+)|[^\\W{CJK_CHARS}]+")
+
+
+def _char_ngrams(text: str, n: int, cjk_n: int) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for match in _RUN_RE.finditer(text.lower()):
+        run = match.group()
+        if match.group(1) is None:
+            if run in _STOPWORDS:
+                continue
+            run = f" {run} "
+            size = n
+        else:
+            size = cjk_n
+        if len(run) <= size:
+            counts[run] += 1
+        else:
+            counts.update(run[i : i + size] for i in range(len(run) - size + 1))
+    return counts
