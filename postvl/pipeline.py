@@ -256,7 +256,7 @@ def _run_stage(cfg: PipelineConfig, name: str, key: str, run_dir: Path) -> Stage
     (out / MARKER).unlink(missing_ok=True)
     spec = cfg.stages[name]
     args = postvl_args(cfg, name)
-    if name in ("sft", "dpo") and any(out.glob("checkpoint-*")):
+    if name in ("sft", "dpo") and _drop_partial_checkpoints(out):
         args += ["--resume_from_checkpoint", "true"]
     command = launcher(spec) + args
     log = run_dir / "logs" / f"{name}.log"
@@ -280,6 +280,18 @@ def _run_stage(cfg: PipelineConfig, name: str, key: str, run_dir: Path) -> Stage
     tmp.write_text(json.dumps(marker, indent=2) + "\n")
     tmp.replace(out / MARKER)
     return StageResult(name, "ran", seconds)
+
+
+def _drop_partial_checkpoints(out: Path) -> bool:
+    """Delete checkpoints a kill left half-written (no trainer_state.json); True if a complete one remains."""
+    complete = False
+    for ckpt in out.glob("checkpoint-*"):
+        if (ckpt / "trainer_state.json").is_file():
+            complete = True
+        else:
+            logger.warning("removing incomplete checkpoint %s", ckpt)
+            shutil.rmtree(ckpt)
+    return complete
 
 
 def _prepare(cfg: PipelineConfig, run_dir: Path) -> None:
