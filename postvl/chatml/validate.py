@@ -17,6 +17,7 @@ Rescaling is ms-swift's rule, ``int(round(x / width * resized_width))``. Origina
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -133,6 +134,9 @@ def finish_record(
     check_media_counts(all_messages, draft.get("images") or [], draft.get("videos") or [])
     sizes = probe_media(draft, ctx, base=base)
     grounding = rescale_grounding(draft, sizes)
+    answer_box = rescale_answer_box(draft, sizes)
+    if answer_box is not None:
+        grounding = (grounding or {}) | {"answer_original": answer_box}
     record = {k: v for k, v in draft.items() if k != "objects"}
     record["images"] = [m["path"] for m in sizes.images]
     record["videos"] = [m["path"] for m in sizes.videos]
@@ -286,6 +290,31 @@ def rescale_grounding(draft: dict[str, Any], sizes: MediaSizes) -> dict[str, Any
     if objects:
         _apply_objects(messages, objects, sizes, summary)
     return summary
+
+
+def rescale_answer_box(draft: dict[str, Any], sizes: MediaSizes) -> Any:
+    """Rescale a ``bbox`` / ``point`` gold answer (JSON ``[x1, y1, x2, y2]`` or a list of them) like the text.
+
+    The gold box of a point question is a box too (a point is right inside it). Mutates ``draft["answer"]`` and
+    returns the original value, or ``None`` when there is nothing to rescale.
+    """
+    if draft.get("answer_type") not in ("bbox", "point") or draft.get("answer") is None:
+        return None
+    try:
+        value = json.loads(draft["answer"])
+    except (TypeError, json.JSONDecodeError):
+        return None  # a free-form gold; the verifier parses it from the text
+    boxes = value if value and isinstance(value[0], list) else [value]
+    if not all(isinstance(b, list) and len(b) == 4 and all(isinstance(v, int | float) for v in b) for b in boxes):
+        return None
+    image = _grounding_image(sizes, None)
+    w, h, rw, rh = image["width"], image["height"], image["resized_width"], image["resized_height"]
+    scaled = []
+    for box in boxes:
+        _check_box([float(v) for v in box], image)
+        scaled.append([_scale(box[0], w, rw), _scale(box[1], h, rh), _scale(box[2], w, rw), _scale(box[3], h, rh)])
+    draft["answer"] = json.dumps(scaled if value and isinstance(value[0], list) else scaled[0])
+    return value
 
 
 def _grounding_image(sizes: MediaSizes, image_id: int | None) -> dict[str, Any]:

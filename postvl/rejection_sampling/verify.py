@@ -414,7 +414,8 @@ def _gold_letter(gold: str, table: dict[str, str]) -> str | None:
 # number and count
 
 _NUMBER_RE = re.compile(
-    r"(?<![\w.])(?P<sign>[-+−]?)\s?[$€£¥]?"
+    # not after an ASCII letter, digit or dot; a CJK character may stand right before a number ("共有2个")
+    r"(?<![A-Za-z0-9_.])(?P<sign>[-+−]?)\s?[$€£¥]?"
     r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d*|\d+|\.\d+)"
     r"(?:\s*[/⁄]\s*(?P<den>\d+(?:\.\d+)?)(?!\d|\.\d))?"
     r"(?:[eE](?P<exp>[-+−]?\d+)|\s*(?:\\times|\\cdot|×|\*|x)\s*10\s*\^\s*\{?\s*(?P<exp10>[-+−]?\d+)\s*\}?)?"
@@ -831,10 +832,10 @@ def _verify_text(output: str, gold: Any, options: Any, config: VerifyConfig) -> 
     return Verdict(ok, found[1], None if ok else MISMATCH)
 
 
-_YES = ("yes", "true", "是的", "是", "对的", "对", "正确")
-_NO = ("no", "false", "不是", "不对", "不正确", "错误", "否", "错")
+_YES = ("yes", "true", "是的", "是", "对的", "对", "正确", "有")
+_NO = ("no", "false", "不是", "不对", "不正确", "错误", "否", "错", "没有")
 _YESNO_RE = re.compile(
-    r"(?<![A-Za-z])(?:yes|no|true|false)(?![A-Za-z])|不是|不对|不正确|错误|是的|是|对的|对|正确|否|错",
+    r"(?<![A-Za-z])(?:yes|no|true|false)(?![A-Za-z])|不是|不对|不正确|错误|是的|是|对的|对|正确|否|错|没有|有",
     re.IGNORECASE,
 )
 

@@ -172,6 +172,23 @@ def test_qwen_json_boxes_are_rescaled_exactly(media):
     assert record["meta"]["grounding"] == {"boxes": 1, "points": 1}
 
 
+def _gold(text: str, gold: str, answer_type: str) -> dict:
+    row = _sharegpt("<image>Find", text, ["wide.png"])
+    return row | {"answer": gold, "answer_type": answer_type}
+
+
+def test_bbox_and_point_gold_answers_are_rescaled_with_the_text(media):
+    answer = '```json\n[{"bbox_2d": [100, 50, 900, 450], "label": "sky"}]\n```'
+    record = _finish(_gold(answer, "[100, 50, 900, 450]", "bbox"), media)
+    assert json.loads(record["answer"]) == [14, 6, 126, 50]
+    assert record["meta"]["grounding"]["answer_original"] == [100, 50, 900, 450]
+    two = _finish(_gold("Two.", "[[0, 0, 500, 250], [500, 250, 1000, 500]]", "point"), media)
+    assert json.loads(two["answer"]) == [[0, 0, 70, 28], [70, 28, 140, 56]]
+    assert _finish(_gold("Sky.", "the sky", "bbox"), media)["answer"] == "the sky"
+    with pytest.raises(RecordError, match="bbox_out_of_image"):
+        _finish(_gold("Sky.", "[0, 0, 2000, 10]", "bbox"), media)
+
+
 def test_boxes_in_prompts_and_unfenced_json_are_rescaled_too(media):
     row = _sharegpt("<image>What is in {'bbox_2d': [0, 0, 1000, 500]}?", 'A "bbox_2d":[10,20,30,40] box', ["wide.png"])
     record = _finish(row, media)

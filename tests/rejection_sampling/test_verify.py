@@ -276,3 +276,20 @@ def test_math_verify_letter_extraction_cases(case):
         assert verify(case["pred"], letter, "choice") == Verdict(True, letter.upper())
     else:
         assert verify(case["pred"], "A", "choice") == Verdict(False, None, "no_final_answer")
+
+
+def test_numbers_right_after_chinese_characters_are_read():
+    from postvl.rejection_sampling.verify import verify
+
+    assert verify("图中共有2个绿色圆形。", "2", "count").correct
+    assert verify("Rug的Stars是56。", "56", "number").correct
+    assert not verify("图中共有3个绿色圆形。", "2", "count").correct
+    assert verify("x2 is not an answer; 答案：7", "7", "number").correct
+
+
+def test_chinese_you_and_meiyou_answer_yes_no():
+    from postvl.rejection_sampling.verify import verify
+
+    assert verify("有，图中有一个红色圆形。", "yes", "yesno").correct
+    assert verify("没有红色圆形。", "no", "yesno").correct
+    assert not verify("没有红色圆形。", "yes", "yesno").correct
