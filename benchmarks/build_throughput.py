@@ -24,9 +24,20 @@ import tempfile
 import time
 from pathlib import Path
 
-QUESTIONS = ["What is shown?", "Describe the picture.", "How many objects are there?", "图中有什么？", "Read the text."]
-ANSWERS = ["A red square next to a blue circle.", "There are three apples on the table.", "图中有一只猫。",
-           "The sign says OPEN from 9 to 5.", "The chart rises from 10 to 42 between 2019 and 2024."]
+QUESTIONS = [
+    "What is shown?",
+    "Describe the picture.",
+    "How many objects are there?",
+    "图中有什么？",
+    "Read the text.",
+]
+ANSWERS = [
+    "A red square next to a blue circle.",
+    "There are three apples on the table.",
+    "图中有一只猫。",
+    "The sign says OPEN from 9 to 5.",
+    "The chart rises from 10 to 42 between 2019 and 2024.",
+]
 
 
 def make_inputs(root: Path, n: int, seed: int = 0) -> Path:
@@ -38,7 +49,8 @@ def make_inputs(root: Path, n: int, seed: int = 0) -> Path:
     for i in range(64):
         size = (rng.choice([224, 320, 448, 640, 1024]), rng.choice([224, 320, 448, 640, 768]))
         Image.new("RGB", size, (rng.randrange(256), rng.randrange(256), rng.randrange(256))).save(
-            root / "img" / f"{i}.jpg", quality=85)
+            root / "img" / f"{i}.jpg", quality=85
+        )
         names.append(f"img/{i}.jpg")
     path = root / "train.jsonl"
     with path.open("w") as f:
@@ -47,10 +59,15 @@ def make_inputs(root: Path, n: int, seed: int = 0) -> Path:
             q, a = rng.choice(QUESTIONS), rng.choice(ANSWERS) * rng.randint(1, 4)
             images = [] if kind == 0 else rng.sample(names, 2 if kind == 2 else 1)
             user = [{"type": "image"} for _ in images] + [{"type": "text", "text": q}]
-            messages = [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": a}]}]
+            messages = [
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": [{"type": "text", "text": a}]},
+            ]
             if kind == 3:
-                messages += [{"role": "user", "content": [{"type": "text", "text": "And then?"}]},
-                             {"role": "assistant", "content": [{"type": "text", "text": rng.choice(ANSWERS)}]}]
+                messages += [
+                    {"role": "user", "content": [{"type": "text", "text": "And then?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": rng.choice(ANSWERS)}]},
+                ]
             f.write(json.dumps({"id": f"r{i}", "messages": messages, "images": images}, ensure_ascii=False) + "\n")
     return path
 
@@ -79,8 +96,10 @@ def build_once(path: str, out: str, model_dir: str) -> None:
 
 
 def peak_rss_kb(path: Path, out: Path, model_dir: str) -> int:
-    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import build_throughput as b; " \
-           f"b.build_once({str(path)!r}, {str(out)!r}, {model_dir!r})"
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import build_throughput as b; "
+        f"b.build_once({str(path)!r}, {str(out)!r}, {model_dir!r})"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])["maxrss_kb"]
 
@@ -116,8 +135,10 @@ def main() -> None:
         small.write_text("".join(path.open().readlines()[: args.records // 4]))
         rss_small = peak_rss_kb(small, root / "o1", model_dir)
         rss_large = peak_rss_kb(large, root / "o2", model_dir)
-        print(f"peak RSS: {rss_small / 1024:.0f} MiB at {args.records // 4} records, "
-              f"{rss_large / 1024:.0f} MiB at {args.records} records ({100 * (rss_large / rss_small - 1):+.1f}%)")
+        print(
+            f"peak RSS: {rss_small / 1024:.0f} MiB at {args.records // 4} records, "
+            f"{rss_large / 1024:.0f} MiB at {args.records} records ({100 * (rss_large / rss_small - 1):+.1f}%)"
+        )
         if mismatched:
             raise SystemExit(f"num_tokens differ for {mismatched[:5]}")
     print(f"speedup: {ours / theirs:.2f}")

@@ -36,8 +36,9 @@ def make_records(n: int, root: Path, seed: int) -> list[dict]:
             user = message("user", image_part(), "Describe the image.")
             records.append({"messages": [user, message("assistant", answer)], "images": [name]})
         else:
-            records.append({"messages": [message("user", "Tell me about sales."), message("assistant", answer)],
-                            "images": []})
+            records.append(
+                {"messages": [message("user", "Tell me about sales."), message("assistant", answer)], "images": []}
+            )
     return records
 
 
@@ -68,8 +69,10 @@ def run(model_dir: str, collator, batches: list, label: str) -> dict:
         slots += batch["input_ids"].numel()
     seconds = time.perf_counter() - start
     result = {"label": label, "steps": len(encoded), "tokens": real, "slots": slots, "seconds": seconds}
-    print(f"{label:>7}: {len(encoded):4d} steps, {real:7d} tokens in {slots:7d} slots "
-          f"({100 * real / slots:5.1f}% non-pad), {seconds:6.1f} s, {real / seconds:8.0f} tokens/s")
+    print(
+        f"{label:>7}: {len(encoded):4d} steps, {real:7d} tokens in {slots:7d} slots "
+        f"({100 * real / slots:5.1f}% non-pad), {seconds:6.1f} s, {real / seconds:8.0f} tokens/s"
+    )
     return result
 
 
@@ -86,8 +89,14 @@ def main() -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from postvl.modeling import build_tiny_model
-    from postvl.sft.data import PackedCollator, PaddedCollator, RecordEncoder, RecordList, find_rope_index
-    from postvl.sft.data import plan_packing
+    from postvl.sft.data import (
+        PackedCollator,
+        PaddedCollator,
+        RecordEncoder,
+        RecordList,
+        find_rope_index,
+        plan_packing,
+    )
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,8 +108,10 @@ def main() -> None:
         source = RecordList(records, str(root))
         lengths = [len(encoder(r, str(root)).input_ids) for r in records]
         keep = [i for i, n in enumerate(lengths) if n <= args.max_length]
-        print(f"{len(records)} records, lengths p50 {sorted(lengths)[len(lengths) // 2]}, max {max(lengths)}; "
-              f"{len(keep)} fit in {args.max_length} tokens")
+        print(
+            f"{len(records)} records, lengths p50 {sorted(lengths)[len(lengths) // 2]}, max {max(lengths)}; "
+            f"{len(keep)} fit in {args.max_length} tokens"
+        )
 
         config = AutoModelForImageTextToText.from_pretrained(model_dir).config
         plan = plan_packing([lengths[i] for i in keep], args.max_length)
@@ -109,15 +120,23 @@ def main() -> None:
         random.Random(args.seed).shuffle(order)
         padded_batches = [{"bin": order[i : i + args.batch_size]} for i in range(0, len(order), args.batch_size)]
         # one "bin" item per step: a padded batch is one bin of batch_size records, each its own row
-        packed = PackedCollator(source, encoder, find_rope_index(
-            AutoModelForImageTextToText.from_pretrained(model_dir)), config.image_token_id, config.video_token_id)
-        padded = PaddedCollator(source, encoder, processor.tokenizer.pad_token_id, config.image_token_id,
-                                config.video_token_id)
+        packed = PackedCollator(
+            source,
+            encoder,
+            find_rope_index(AutoModelForImageTextToText.from_pretrained(model_dir)),
+            config.image_token_id,
+            config.video_token_id,
+        )
+        padded = PaddedCollator(
+            source, encoder, processor.tokenizer.pad_token_id, config.image_token_id, config.video_token_id
+        )
         a = run(model_dir, padded, [[b] for b in padded_batches], "padded")
         b = run(model_dir, packed, [[b] for b in packed_batches], "packed")
         assert a["tokens"] == b["tokens"], "both variants must train the same tokens"
-    print(f"non-pad share: packed {100 * b['tokens'] / b['slots']:.1f}% (rows are not padded; bins fill "
-          f"{100 * plan.fill:.1f}% of max_length), padded {100 * a['tokens'] / a['slots']:.1f}%")
+    print(
+        f"non-pad share: packed {100 * b['tokens'] / b['slots']:.1f}% (rows are not padded; bins fill "
+        f"{100 * plan.fill:.1f}% of max_length), padded {100 * a['tokens'] / a['slots']:.1f}%"
+    )
     print(f"speedup: {(b['tokens'] / b['seconds']) / (a['tokens'] / a['seconds']):.2f}")
 
 

@@ -151,7 +151,10 @@ def postvl_args(cfg: PipelineConfig, name: str) -> list[str]:
         return ["sft", *own, "--model_name_or_path", cfg.model, "--datasets", _need(source, name), "--output_dir", out]
     if name == "dpo":
         sft = stage_dir(cfg.run_dir, "sft")
-        start = str(sft / "merged") if (sft / "merged").is_dir() else str(sft) if cfg.stages["sft"].enabled else cfg.model
+        if not cfg.stages["sft"].enabled:
+            start = cfg.model
+        else:
+            start = str(sft / "merged") if (sft / "merged").is_dir() else str(sft)
         pairs = str(stage_dir(cfg.run_dir, "sample"))
         return ["dpo", *own, "--model_name_or_path", start, "--datasets", pairs, "--output_dir", out]
     raise ValueError(f"unknown stage {name!r}")
@@ -165,8 +168,15 @@ def _need(source: str | None, name: str) -> str:
 
 def launcher(spec: StageConfig) -> list[str]:
     if spec.accelerate_config:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", spec.accelerate_config,
-                "-m", "postvl.cli"]
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            spec.accelerate_config,
+            "-m",
+            "postvl.cli",
+        ]
     return [sys.executable, "-m", "postvl.cli"]
 
 
@@ -297,12 +307,24 @@ def _drop_partial_checkpoints(out: Path) -> bool:
 def _prepare(cfg: PipelineConfig, run_dir: Path) -> None:
     """Synthetic data and a tiny model for demos, each made once (skipped when already there)."""
     if cfg.synth is not None and not (run_dir / "raw" / "train.jsonl").is_file():
-        args = ["synth", str(run_dir / "raw"), "--n", str(cfg.synth.get("n", 200)),
-                "--seed", str(cfg.synth.get("seed", 0))]
+        args = [
+            "synth",
+            str(run_dir / "raw"),
+            "--n",
+            str(cfg.synth.get("n", 200)),
+            "--seed",
+            str(cfg.synth.get("seed", 0)),
+        ]
         subprocess.run([sys.executable, "-m", "postvl.cli", *args], check=True)
     if cfg.tiny_model is not None and not (Path(cfg.model) / "config.json").is_file():
-        args = ["tiny-model", cfg.model, "--vocab", str(cfg.tiny_model.get("vocab", "small")),
-                "--seed", str(cfg.tiny_model.get("seed", 0))]
+        args = [
+            "tiny-model",
+            cfg.model,
+            "--vocab",
+            str(cfg.tiny_model.get("vocab", "small")),
+            "--seed",
+            str(cfg.tiny_model.get("seed", 0)),
+        ]
         subprocess.run([sys.executable, "-m", "postvl.cli", *args], check=True)
 
 

@@ -46,9 +46,16 @@ def funnel(run_dir: Path) -> list[dict[str, Any]]:
     for name, folder in stage_folders(run_dir).items():
         stats = read_json(folder / "stats.json")
         if stats:
-            rows.append({"stage": name, "total": stats.get("total", 0), "kept": stats.get("kept", 0),
-                         "rejected": stats.get("rejected", 0), "reasons": stats.get("reasons", {}),
-                         "domains": stats.get("domains", {})})
+            rows.append(
+                {
+                    "stage": name,
+                    "total": stats.get("total", 0),
+                    "kept": stats.get("kept", 0),
+                    "rejected": stats.get("rejected", 0),
+                    "reasons": stats.get("reasons", {}),
+                    "domains": stats.get("domains", {}),
+                }
+            )
     return rows
 
 
@@ -114,8 +121,9 @@ def funnel_png(rows: list[dict[str, Any]]) -> bytes:
     def draw(fig, ax):
         names = [r["stage"] for r in rows]
         ax.bar(names, [r["kept"] for r in rows], label="kept", color="#4C72B0")
-        ax.bar(names, [r["rejected"] for r in rows], bottom=[r["kept"] for r in rows], label="rejected",
-               color="#DD8452")
+        ax.bar(
+            names, [r["rejected"] for r in rows], bottom=[r["kept"] for r in rows], label="rejected", color="#DD8452"
+        )
         ax.set_ylabel("records")
         ax.set_title("records per stage")
         ax.legend()
@@ -147,7 +155,7 @@ def histograms_png(values: dict[str, list[float]]) -> bytes:
     for ax, key in zip(axes.flat, keys):
         ax.hist(values[key], bins=20, color="#8172B3")
         ax.set_title(key)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -204,14 +212,16 @@ def record_html(record: dict[str, Any], media_root: Path | None) -> str:
     pieces, pos = [], 0
     for start, end in spans:
         pieces.append(html.escape(text[pos:start]))
-        pieces.append(f'<mark>{html.escape(text[start:end])}</mark>')
+        pieces.append(f"<mark>{html.escape(text[start:end])}</mark>")
         pos = end
     pieces.append(html.escape(text[pos:]))
     images = "".join(_thumbnail((media_root or Path(".")) / p) for p in record.get("images") or [])
     meta = record.get("meta") or {}
     tags = ", ".join(f"{k}: {html.escape(str(meta[k]))}" for k in ("domain", "subcategory") if k in meta)
-    return (f'<div class="rec"><div class="rid">{html.escape(str(record.get("id")))} {tags}</div>'
-            f'<div class="imgs">{images}</div><pre>{"".join(pieces)}</pre></div>')
+    return (
+        f'<div class="rec"><div class="rid">{html.escape(str(record.get("id")))} {tags}</div>'
+        f'<div class="imgs">{images}</div><pre>{"".join(pieces)}</pre></div>'
+    )
 
 
 def build_report(run_dir: str | Path, *, samples: int = 6) -> tuple[str, str]:
@@ -229,12 +239,14 @@ def build_report(run_dir: str | Path, *, samples: int = 6) -> tuple[str, str]:
             f"</td></tr>"
             for r in rows
         )
-        sections.append(f"<h2>Funnel</h2>{_img(funnel_png(rows), 'funnel')}<table><tr><th>stage</th><th>in</th>"
-                        f"<th>kept</th><th>rejected</th><th>reasons</th></tr>{table}</table>")
+        sections.append(
+            f"<h2>Funnel</h2>{_img(funnel_png(rows), 'funnel')}<table><tr><th>stage</th><th>in</th>"
+            f"<th>kept</th><th>rejected</th><th>reasons</th></tr>{table}</table>"
+        )
         for r in rows:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items(), key=lambda kv: -kv[1]))
-            lines.append(f"  {r['stage']:<7} {r['total']:>6} in -> {r['kept']:>6} kept, {r['rejected']:>5} rejected"
-                         + (f" ({reasons})" if reasons else ""))
+            line = f"  {r['stage']:<7} {r['total']:>6} in -> {r['kept']:>6} kept, {r['rejected']:>5} rejected"
+            lines.append(line + (f" ({reasons})" if reasons else ""))
 
     domains = next((r["domains"] for r in reversed(rows) if r["domains"]), {})
     if domains:
@@ -250,10 +262,14 @@ def build_report(run_dir: str | Path, *, samples: int = 6) -> tuple[str, str]:
         stats = read_json(folders["sample"] / "stats.json")
         sampling = stats.get("sampling") or {}
         png = next(iter(sorted(folders["sample"].glob("*.png"))), None)
-        body = "".join(f"<li>{html.escape(str(k))}: {html.escape(json.dumps(v))}</li>" for k, v in sampling.items()
-                       if not isinstance(v, dict | list))
-        sections.append(f"<h2>Rejection sampling</h2><ul>{body}</ul>"
-                        + (_img(png.read_bytes(), "pass rates") if png else ""))
+        body = "".join(
+            f"<li>{html.escape(str(k))}: {html.escape(json.dumps(v))}</li>"
+            for k, v in sampling.items()
+            if not isinstance(v, dict | list)
+        )
+        sections.append(
+            f"<h2>Rejection sampling</h2><ul>{body}</ul>" + (_img(png.read_bytes(), "pass rates") if png else "")
+        )
         for k in ("pass@1", "pass@k"):
             if k in sampling:
                 lines.append(f"  sampling {k}: {sampling[k]}")
@@ -278,10 +294,11 @@ def build_report(run_dir: str | Path, *, samples: int = 6) -> tuple[str, str]:
 
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>postvl run {html.escape(str(run))}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}pre{{white-space:pre-wrap;background:#f6f6f6;padding:8px}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
+pre{{white-space:pre-wrap;background:#f6f6f6;padding:8px}}
 mark{{background:#c6efce}}.rec{{border-top:1px solid #ddd;margin:1em 0}}.rid{{font-weight:bold}}
 .imgs img{{margin-right:6px;border:1px solid #ccc}}</style></head><body>
-<h1>postvl run: {html.escape(str(run))}</h1>{''.join(sections) or '<p>No finished stage found.</p>'}</body></html>
+<h1>postvl run: {html.escape(str(run))}</h1>{"".join(sections) or "<p>No finished stage found.</p>"}</body></html>
 """
     return page, "\n".join(lines)
 

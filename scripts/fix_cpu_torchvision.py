@@ -19,14 +19,14 @@ import pathlib
 import sys
 
 MARKER = "# postvl: guarded register_fake"
-GUARD = f'''
+GUARD = f"""
 {MARKER}
 def _register_fake_if_ops(name):
     if torchvision.extension._has_ops():
         return torch.library.register_fake(name)
     return lambda fn: fn
 
-'''
+"""
 
 
 def main() -> int:

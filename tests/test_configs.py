@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -27,7 +26,9 @@ def test_sft_configs_parse_into_trl_and_postvl_dataclasses(path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     from postvl.sft.main import make_parser
 
-    data, vision, output, args, model_args = make_parser().parse_args_and_config(["--config", str(path), "--use_cpu", "true", "--bf16", "false"])
+    data, vision, output, args, model_args = make_parser().parse_args_and_config(
+        ["--config", str(path), "--use_cpu", "true", "--bf16", "false"]
+    )
     assert data.datasets and args.max_length and model_args.model_name_or_path
     assert vision.freeze_vision is True
 

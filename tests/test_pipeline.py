@@ -27,10 +27,16 @@ def _write_raw(folder: Path, n: int = 10) -> Path:
     lines = []
     for i in range(n):
         Image.new("RGB", (112, 112), (20 * i, 100, 0)).save(folder / f"{i}.png")
-        lines.append({"id": f"r{i}", "messages": [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": f"Shade number {i}."}]}],
-            "images": [f"{i}.png"]})
+        lines.append(
+            {
+                "id": f"r{i}",
+                "messages": [
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": f"Shade number {i}."}]},
+                ],
+                "images": [f"{i}.png"],
+            }
+        )
     lines.append({"id": "bad", "messages": [{"role": "user", "content": [{"type": "text", "text": "no answer"}]}]})
     path = folder / "train.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -57,8 +63,9 @@ def _config(tmp: Path, model: str, raw: Path, *, max_steps: int = 4, **sft_extra
 
 def test_config_errors_name_the_key_and_suggest(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"inputs": ["x"], "model": "m", "stagse": {},
-                                   "stages": {"biuld": {}, "sft": {"confg": "x"}}}))
+    bad.write_text(
+        yaml.safe_dump({"inputs": ["x"], "model": "m", "stagse": {}, "stages": {"biuld": {}, "sft": {"confg": "x"}}})
+    )
     with pytest.raises(ValueError) as err:
         pipeline.PipelineConfig.from_yaml(bad)
     message = str(err.value)
@@ -69,16 +76,34 @@ def test_config_errors_name_the_key_and_suggest(tmp_path):
 
 def test_commands_chain_stage_folders(tmp_path):
     cfg_path = tmp_path / "p.yaml"
-    cfg_path.write_text(yaml.safe_dump({"inputs": ["{run_dir}/raw/train.jsonl"], "model": "{run_dir}/model",
-                                        "stages": {"build": {}, "filter": {"config": "f.yaml"},
-                                                   "sft": {"config": "s.yaml"}}}))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": ["{run_dir}/raw/train.jsonl"],
+                "model": "{run_dir}/model",
+                "stages": {"build": {}, "filter": {"config": "f.yaml"}, "sft": {"config": "s.yaml"}},
+            }
+        )
+    )
     cfg = pipeline.PipelineConfig.from_yaml(cfg_path, run_dir=str(tmp_path / "r"))
     run = str(tmp_path / "r")
     assert cfg.inputs == (f"{run}/raw/train.jsonl",)
-    assert pipeline.postvl_args(cfg, "build") == ["build", f"{run}/raw/train.jsonl", "--out", f"{run}/01_build",
-                                                  "--model", f"{run}/model"]
-    assert pipeline.postvl_args(cfg, "filter") == ["filter", f"{run}/01_build", "--out", f"{run}/03_filter",
-                                                   "--config", "f.yaml"]
+    assert pipeline.postvl_args(cfg, "build") == [
+        "build",
+        f"{run}/raw/train.jsonl",
+        "--out",
+        f"{run}/01_build",
+        "--model",
+        f"{run}/model",
+    ]
+    assert pipeline.postvl_args(cfg, "filter") == [
+        "filter",
+        f"{run}/01_build",
+        "--out",
+        f"{run}/03_filter",
+        "--config",
+        "f.yaml",
+    ]
     # tag is disabled: sft reads filter's output
     assert pipeline.postvl_args(cfg, "sft")[-4:] == ["--datasets", f"{run}/03_filter", "--output_dir", f"{run}/05_sft"]
     assert not cfg.stages["tag"].enabled

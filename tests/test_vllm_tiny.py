@@ -6,6 +6,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
+
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_vllm_serves_tiny_model_with_image_k_samples(tiny_model_small, vllm_sample):
@@ -13,8 +14,8 @@ def test_vllm_serves_tiny_model_with_image_k_samples(tiny_model_small, vllm_samp
     assert result["prompt"].startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
     assert "<|vision_start|><|image_pad|><|vision_end|>What is this?" in result["prompt"]
     # the single <|image_pad|> was expanded to the image's 16 vision tokens inside vLLM
-    from transformers import AutoProcessor
     from PIL import Image
+    from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_model_small)
     expected = processor(text=[result["prompt"]], images=[Image.new("RGB", (112, 112))])["input_ids"][0]

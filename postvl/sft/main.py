@@ -1,7 +1,8 @@
 """Supervised fine-tuning with TRL's SFTTrainer: ViT frozen, LoRA optional, exact mRoPE packing.
 
     postvl sft --config configs/sft/tiny_cpu.yaml [--key value ...]
-    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m postvl.sft --config configs/sft/qwen2_5_vl_7b_lora.yaml
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m postvl.sft \
+        --config configs/sft/qwen2_5_vl_7b_lora.yaml
 
 The YAML holds TRL's ``SFTConfig`` and ``ModelConfig`` keys (every TRL option works) next to ours
 (``postvl.sft.config``). Data comes from ``postvl build`` folders; labels are the builder's assistant spans.
@@ -34,8 +35,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from postvl.modeling import freeze_vision, load_model_and_processor
     from postvl.sft import train as lib
-    from postvl.sft.data import PackedCollator, PaddedCollator, RecordEncoder, bins_dataset, find_rope_index
-    from postvl.sft.data import plan_packing
+    from postvl.sft.data import (
+        PackedCollator,
+        PaddedCollator,
+        RecordEncoder,
+        bins_dataset,
+        find_rope_index,
+        plan_packing,
+    )
 
     data, vision, output, args, model_args = make_parser().parse_args_and_config(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING)
@@ -59,17 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     encoder = RecordEncoder(processor)
 
     # Plan: bins of records by their stored token counts.
-    lengths = [n if n is not None else len(encoder(records[k], records.media_root_of(k)).input_ids)
-               for k, n in enumerate(records.num_tokens())]
+    lengths = [
+        n if n is not None else len(encoder(records[k], records.media_root_of(k)).input_ids)
+        for k, n in enumerate(records.num_tokens())
+    ]
     if args.packing:
         plan = plan_packing(lengths, args.max_length)
         bins, too_long = plan.bins, plan.too_long
-        logger.info("packing: %d records -> %d rows of <= %d tokens (%.1f%% filled)",
-                    len(records) - len(too_long), len(bins), args.max_length, 100 * plan.fill)
+        logger.info(
+            "packing: %d records -> %d rows of <= %d tokens (%.1f%% filled)",
+            len(records) - len(too_long),
+            len(bins),
+            args.max_length,
+            100 * plan.fill,
+        )
     else:
         too_long = [k for k, n in enumerate(lengths) if n > args.max_length]
         bins = [[k] for k, n in enumerate(lengths) if n <= args.max_length]
-    _write_skipped(Path(args.output_dir), records, lengths, too_long, args.max_length)
+    lib.write_skipped(Path(args.output_dir), records, lengths, too_long, args.max_length)
     cfg = model.config
     if args.packing:
         collator = PackedCollator(records, encoder, find_rope_index(model), cfg.image_token_id, cfg.video_token_id)
@@ -97,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     lib.check_vision_frozen(trainer.model, vision)
     table = lib.save_parameter_table(trainer.model, args.output_dir)
     logger.info("trainable parameters:\n%s", table)
-    trainer.train(resume_from_checkpoint=_resume(args.resume_from_checkpoint))
+    trainer.train(resume_from_checkpoint=lib.resume_value(args.resume_from_checkpoint))
 
     # Save: model or adapter + processor (pixel limits included), merged model, loss curve, summary.
     paths = lib.save_final(trainer, processor, args.output_dir, merge_adapter=output.merge_adapter)
@@ -116,24 +130,6 @@ def main(argv: list[str] | None = None) -> int:
         (Path(args.output_dir) / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(_summary_table(summary))
     return 0
-
-
-def _resume(value: str | None) -> str | bool | None:
-    if value in (None, "", "false", "False"):
-        return None
-    return True if value in ("true", "True", "last") else value
-
-
-def _write_skipped(out: Path, records, lengths: list[int], too_long: list[int], max_length: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "skipped.jsonl", "w", encoding="utf-8") as f:
-        for k in too_long:
-            rec_id = records[k].get("id")
-            f.write(json.dumps({"id": rec_id, "reason": "longer_than_max_length", "num_tokens": lengths[k],
-                                "max_length": max_length}) + "\n")
-    if too_long:
-        logger.warning("%d records longer than max_length=%d skipped: see %s", len(too_long), max_length,
-                       out / "skipped.jsonl")
 
 
 def _summary_table(summary: dict) -> str:

@@ -66,10 +66,10 @@ def load_mixed_records(args: DataArguments, *, kind: str = "data") -> MixedRecor
     rng = random.Random(args.mixing_seed)
     tables, index, roots = [], [], []
     weights = args.dataset_weights or [1.0] * len(args.datasets)
-    for t, (folder, weight) in enumerate(zip(args.datasets, weights)):
+    for t, (folder, weight) in enumerate(zip(args.datasets, weights, strict=True)):
         stage = Path(folder)
         if not (stage / "stats.json").is_file():
-            raise FileNotFoundError(f"{stage} is not a finished stage folder (no stats.json): run `postvl build` first")
+            raise FileNotFoundError(f"{stage} is not a finished stage folder (no stats.json): run its stage first")
         parts = sorted((stage / kind).glob("part-*.parquet"))
         if not parts:
             raise FileNotFoundError(f"{stage / kind} has no part-*.parquet: the dataset is empty")
@@ -177,6 +177,36 @@ def _vision_blocks(model: Any) -> Any:
 # Outputs
 
 
+def resume_value(value: str | None) -> str | bool | None:
+    """``resume_from_checkpoint`` as the Trainer wants it: a path, ``True`` (the last checkpoint) or ``None``."""
+    if value in (None, "", "false", "False"):
+        return None
+    return True if value in ("true", "True", "last") else value
+
+
+def write_skipped(out: Path, records: Any, lengths: list[int], too_long: list[int], max_length: int) -> None:
+    """List the records longer than ``max_length`` (skipped, never truncated) in ``OUT/skipped.jsonl``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "skipped.jsonl", "w", encoding="utf-8") as f:
+        for k in too_long:
+            rec_id = records[k].get("id")
+            f.write(
+                json.dumps(
+                    {
+                        "id": rec_id,
+                        "reason": "longer_than_max_length",
+                        "num_tokens": lengths[k],
+                        "max_length": max_length,
+                    }
+                )
+                + "\n"
+            )
+    if too_long:
+        logger.warning(
+            "%d records longer than max_length=%d skipped: see %s", len(too_long), max_length, out / "skipped.jsonl"
+        )
+
+
 def save_parameter_table(model: Any, output_dir: str | Path) -> str:
     from postvl.modeling import format_parameter_table, parameter_groups
 
@@ -217,7 +247,7 @@ def plot_log_history(log_history: list[dict[str, Any]], path: str | Path, keys: 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.5), squeeze=False)
-    for ax, (key, points) in zip(axes[0], series.items()):
+    for ax, (key, points) in zip(axes[0], series.items(), strict=False):
         ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3)
         ax.set_xlabel("step")
         ax.set_title(key)

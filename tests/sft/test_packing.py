@@ -51,12 +51,21 @@ def records(tmp_path_factory):
     b = _image(root / "b.png", (0, 255, 0), (84, 140))
     c = _image(root / "c.png", (0, 0, 255), (56, 56))
     recs = [
-        {"messages": [message("user", image_part(), "What colour?"), message("assistant", "Red, mostly.")],
-         "images": [a]},
+        {
+            "messages": [message("user", image_part(), "What colour?"), message("assistant", "Red, mostly.")],
+            "images": [a],
+        },
         {"messages": [message("user", "Say hi."), message("assistant", "Hi there!")], "images": []},
-        {"messages": [message("system", "Be brief."), message("user", image_part(), image_part(), "Compare."),
-                      message("assistant", "Green is taller."), message("user", "And?"),
-                      message("assistant", "Blue is smaller.")], "images": [b, c]},
+        {
+            "messages": [
+                message("system", "Be brief."),
+                message("user", image_part(), image_part(), "Compare."),
+                message("assistant", "Green is taller."),
+                message("user", "And?"),
+                message("assistant", "Blue is smaller."),
+            ],
+            "images": [b, c],
+        },
         {"messages": [message("user", "2+3?"), message("assistant", "5")], "images": []},
     ]
     return recs, str(root)
@@ -93,8 +102,16 @@ def test_encoder_matches_the_processor(tiny_model_small, records):
     encoder = RecordEncoder(processor)
     record = recs[2]
     example = encoder(record, root)
-    chat = [{"role": m["role"], "content": [{"type": p["type"], "text": p["text"]} if p["type"] == "text"
-             else {"type": p["type"]} for p in m["content"]]} for m in record["messages"]]
+    chat = [
+        {
+            "role": m["role"],
+            "content": [
+                {"type": p["type"], "text": p["text"]} if p["type"] == "text" else {"type": p["type"]}
+                for p in m["content"]
+            ],
+        }
+        for m in record["messages"]
+    ]
     text = processor.apply_chat_template(chat, tokenize=False)
     images = [Image.open(f"{root}/{p}").convert("RGB") for p in record["images"]]
     expected = processor(text=[text], images=images, return_tensors="pt")

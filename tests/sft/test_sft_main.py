@@ -25,18 +25,25 @@ def _write_dataset(folder: Path, n: int = 12) -> Path:
     for i in range(n):
         name = list(colours)[i % 3]
         Image.new("RGB", (112, 84 + 14 * (i % 3)), colours[name]).save(folder / "images" / f"{i}.png")
-        lines.append({
-            "id": f"rec-{i}",
+        lines.append(
+            {
+                "id": f"rec-{i}",
+                "messages": [
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": f"It is {name}."}]},
+                ],
+                "images": [f"images/{i}.png"],
+            }
+        )
+    lines.append(
+        {
+            "id": "too-long",
             "messages": [
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
-                {"role": "assistant", "content": [{"type": "text", "text": f"It is {name}."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Repeat."}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "red green blue " * 300}]},
             ],
-            "images": [f"images/{i}.png"],
-        })
-    lines.append({"id": "too-long", "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "Repeat."}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "red green blue " * 300}]},
-    ]})
+        }
+    )
     path = folder / "train.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return path
@@ -86,8 +93,11 @@ def test_lora_sft_trains_language_model_and_merger_and_leaves_vit_bit_identical(
     model = AutoModelForImageTextToText.from_pretrained(out / "merged")
     processor = AutoProcessor.from_pretrained(out / "merged")
     assert processor.image_processor.size == {"shortest_edge": 3136, "longest_edge": 12544}
-    batch = processor(text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[Image.new("RGB", (112, 112))],
-                      return_tensors="pt")
+    batch = processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>hi"],
+        images=[Image.new("RGB", (112, 112))],
+        return_tensors="pt",
+    )
     assert torch.isfinite(model(**batch).logits).all()
 
     result = vllm_sample(str(out / "merged"))
@@ -105,8 +115,19 @@ def test_full_sft_padded_and_resume_from_checkpoint(tiny_model_small, built, tmp
     assert vit and all(torch.equal(base[k].float(), trained[k].float()) for k in vit)
     assert not torch.equal(base["lm_head.weight"].float(), trained["lm_head.weight"].float())
 
-    _run_sft(tiny_model_small, built, out, "--use_peft", "false", "--packing", "false", "--max_steps", "4",
-             "--resume_from_checkpoint", "true")
+    _run_sft(
+        tiny_model_small,
+        built,
+        out,
+        "--use_peft",
+        "false",
+        "--packing",
+        "false",
+        "--max_steps",
+        "4",
+        "--resume_from_checkpoint",
+        "true",
+    )
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4]
@@ -121,5 +142,15 @@ def test_unknown_config_key_fails(tiny_model_small, built, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(CONFIG.read_text() + "\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match="learning_rat"):
-        sft_main(["--config", str(bad), "--model_name_or_path", tiny_model_small, "--datasets", built,
-                  "--output_dir", str(tmp_path / "y")])
+        sft_main(
+            [
+                "--config",
+                str(bad),
+                "--model_name_or_path",
+                tiny_model_small,
+                "--datasets",
+                built,
+                "--output_dir",
+                str(tmp_path / "y"),
+            ]
+        )
