@@ -24,7 +24,9 @@ from postvl.synth.render import LazyCharts
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ("train.jsonl", "README.md", "images", "videos")
+OUTPUTS = ("train.jsonl", "preference.jsonl", "README.md", "images", "videos")
+# Grounding kinds are left out: another image's box may fall outside this one, which the builder rejects.
+PAIR_TYPES = ("count", "yesno", "number", "choice", "text")
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,12 @@ class SynthConfig:
     """Options of ``postvl synth`` (see ``postvl synth --help``).
 
     Attributes:
-        out: folder to write (``train.jsonl``, ``images/``, ``videos/``, ``README.md``).
+        out: folder to write (``train.jsonl``, ``preference.jsonl``, ``images/``, ``videos/``, ``README.md``).
         n: number of records, defects included.
         seed: the seed; equal configs give byte-identical outputs.
         defect_rate: share of records with a planted defect (``postvl.synth.defects``).
         videos: include the video kind (needs OpenCV).
+        pairs: preference pairs to write to ``preference.jsonl`` (default: a quarter of ``n``; 0: none).
         overwrite: replace the outputs of an earlier run in ``out``.
     """
 
@@ -45,6 +48,7 @@ class SynthConfig:
     seed: int = 0
     defect_rate: float = 0.15
     videos: bool = True
+    pairs: int | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -58,6 +62,8 @@ class SynthConfig:
             errors.append(f"out {self.out!r} is a file, not a folder")
         elif not self.overwrite and any((out / name).exists() for name in OUTPUTS):
             errors.append(f"out {self.out!r} already holds a dataset; pass --overwrite to replace it")
+        if self.pairs is not None and self.pairs < 0:
+            errors.append(f"pairs must be >= 0, got {self.pairs}")
         if errors:
             raise ValueError("postvl synth: " + "; ".join(errors))
 
@@ -210,6 +216,40 @@ def make_records(cfg: SynthConfig, slots: list[Slot], out: Path) -> list[dict[st
     return records
 
 
+def preference_pairs(records: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """DPO pairs from clean single-answer records: the right answer vs a same-kind record's answer with another gold.
+
+    The rejected answer is fluent and on-topic but wrong for this image (another count, colour, value or box), the
+    kind of pair rejection sampling produces. TRL's prompt/chosen/rejected format; deterministic in record order.
+    """
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        meta = record["meta"]
+        single = sum(m["role"] == "assistant" for m in record["messages"]) == 1
+        if not meta["defect"] and record["answer_type"] in PAIR_TYPES and single:
+            by_kind.setdefault(meta["synth_kind"], []).append(record)
+    pairs = []
+    for group in by_kind.values():
+        for i, record in enumerate(group):
+            other = next((o for o in group[i + 1 :] + group[:i] if o["answer"] != record["answer"]), None)
+            if other is None:
+                continue
+            pairs.append(
+                {
+                    "id": f"{record['id']}-pair",
+                    "prompt": record["messages"][:-1],
+                    "chosen": record["messages"][-1:],
+                    "rejected": other["messages"][-1:],
+                    "images": record["images"],
+                    "videos": record["videos"],
+                    "meta": {k: record["meta"][k] for k in ("synth_kind", "expected_domain", "expected_subcategory")}
+                    | {"pair_of": record["id"], "rejected_from": other["id"]},
+                }
+            )
+    pairs.sort(key=lambda p: p["id"])
+    return pairs[:limit]
+
+
 def generate(cfg: SynthConfig) -> SynthResult:
     """Write ``cfg.out``: ``train.jsonl`` (TRL messages + images/videos), the media and a README with the counts."""
     start = time.perf_counter()
@@ -229,6 +269,12 @@ def generate(cfg: SynthConfig) -> SynthResult:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(tmp, out / "train.jsonl")
+    pairs = preference_pairs(records, cfg.n // 4 if cfg.pairs is None else cfg.pairs)
+    tmp = out / "preference.jsonl.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        for pair in pairs:
+            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+    os.replace(tmp, out / "preference.jsonl")
     result = SynthResult(
         out=out,
         records=len(records),
@@ -314,7 +360,10 @@ def readme(cfg: SynthConfig, records: list[dict[str, Any]]) -> str:
         "and absolute coordinates are the same in the file and in the model input; boxes are `[x1, y1, x2, y2]` with "
         "`x2`, `y2` one past the shape's last pixel.",
         "",
-        "    postvl build OUT/train.jsonl --out runs/chatml",
+        "`preference.jsonl` holds DPO pairs in TRL's prompt/chosen/rejected format: a clean record's answer (chosen) vs "
+        "the answer of another record of the same kind with a different gold (rejected: fluent, on topic, wrong).",
+        "",
+        "    postvl build OUT/train.jsonl OUT/preference.jsonl --out runs/chatml",
         "",
         "## Clean kinds",
         "",

@@ -31,6 +31,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed; equal arguments give identical files")
     parser.add_argument("--defect-rate", type=float, default=0.15, help="share of defective records (default 0.15)")
     parser.add_argument("--no-videos", action="store_true", help="leave out the video kind (no OpenCV needed)")
+    parser.add_argument("--pairs", type=int, help="DPO pairs in preference.jsonl (default: a quarter of --n)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier dataset in OUT")
     return parser
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         defect_rate=args.defect_rate,
         videos=not args.no_videos,
+        pairs=args.pairs,
         overwrite=args.overwrite,
     )
     result = generate(cfg)

@@ -293,3 +293,11 @@ def test_chinese_you_and_meiyou_answer_yes_no():
     assert verify("有，图中有一个红色圆形。", "yes", "yesno").correct
     assert verify("没有红色圆形。", "no", "yesno").correct
     assert not verify("没有红色圆形。", "yes", "yesno").correct
+
+
+def test_chinese_shape_names_are_not_numbers():
+    from postvl.rejection_sampling.verify import verify
+
+    assert verify("图中共有6个红色三角形。", "6", "count").correct
+    assert verify("图中有三个红色三角形。", "3", "count").correct
+    assert verify("一共有五个六边形。", "5", "count").correct

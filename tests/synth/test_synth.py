@@ -43,16 +43,6 @@ def _last_answer(record: dict) -> str:
     return "".join(p["text"] for p in turn["content"] if p["type"] == "text")
 
 
-def _verifiable(record: dict) -> bool:
-    """Whether ``verify`` can read the record's answer text.
-
-    ``verify`` does not read digits written right after a CJK character ("图中共有2个", "是56。"): its number pattern
-    requires a non-word character before a number, and CJK characters are word characters. Nor does it read "有" /
-    "没有" as yes / no. Chinese number, count and yes/no answers are checked against the pixels only until then.
-    """
-    return record["meta"]["lang"] == "en" or record["answer_type"] not in ("number", "count", "yesno")
-
-
 def _files(out: Path) -> dict[str, str]:
     return {
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -195,7 +185,7 @@ def test_shape_answers_match_pixels(dataset):
         else:
             continue
         checked[kind] += 1
-        if r["answer_type"] is not None and _verifiable(r):
+        if r["answer_type"] is not None:
             verdict = verify(_last_answer(r), r["answer"], r["answer_type"], options=r["meta"].get("options"))
             assert verdict.correct, (r["id"], _last_answer(r), r["answer"], verdict)
     assert set(checked) == {
@@ -234,8 +224,7 @@ def test_chart_values_match_pixels(dataset):
             assert r["meta"]["options"][LETTERS.index(r["answer"])] == best
         else:
             assert r["answer"] == str(truth["values"][truth["asked"]])
-        if _verifiable(r):
-            assert verify(_last_answer(r), r["answer"], r["answer_type"], options=r["meta"].get("options")).correct
+        assert verify(_last_answer(r), r["answer"], r["answer_type"], options=r["meta"].get("options")).correct
 
 
 class _Cells(HTMLParser):
@@ -364,6 +353,30 @@ def test_videos_read_back_and_move_as_answered(dataset):
 
 # --------------------------------------------------------------------------------------------------------------------
 # The pipeline's stages catch the planted defects
+
+
+def test_preference_pairs_are_right_vs_a_same_kind_wrong_answer_and_build_cleanly(dataset, tmp_path):
+    from postvl.chatml.main import main as build_main
+    from postvl.io import read_stage
+    from postvl.rejection_sampling.verify import verify
+
+    out, records = dataset
+    pairs = [json.loads(line) for line in (out / "preference.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(pairs) == N // 4
+    source = {r["id"]: r for r in records}
+    for pair in pairs:
+        record = source[pair["meta"]["pair_of"]]
+        other = source[pair["meta"]["rejected_from"]]
+        assert record["meta"]["synth_kind"] == other["meta"]["synth_kind"] and record["answer"] != other["answer"]
+        assert pair["prompt"] == record["messages"][:-1] and pair["images"] == record["images"]
+        chosen = "".join(p["text"] for p in pair["chosen"][0]["content"] if p["type"] == "text")
+        rejected = "".join(p["text"] for p in pair["rejected"][0]["content"] if p["type"] == "text")
+        assert verify(chosen, record["answer"], record["answer_type"]).correct
+        assert not verify(rejected, record["answer"], record["answer_type"]).correct
+    assert build_main([str(out / "preference.jsonl"), "--out", str(tmp_path / "p")]) == 0
+    stats = json.loads((tmp_path / "p" / "stats.json").read_text())
+    assert (stats["kept"], stats["rejected"]) == (len(pairs), 0)
+    assert len(list(read_stage(tmp_path / "p", kind="preference"))) == len(pairs)
 
 
 def test_build_keeps_clean_records_and_rejects_the_broken_ones(dataset, tmp_path):
