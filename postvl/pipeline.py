@@ -150,13 +150,16 @@ def postvl_args(cfg: PipelineConfig, name: str) -> list[str]:
     if name == "sft":
         return ["sft", *own, "--model_name_or_path", cfg.model, "--datasets", _need(source, name), "--output_dir", out]
     if name == "dpo":
+        # pairs from rejection sampling, plus preference records that came in with the raw data (built, tagged
+        # and filtered with the rest); a folder without pairs is skipped by the DPO stage
         sft = stage_dir(cfg.run_dir, "sft")
         if not cfg.stages["sft"].enabled:
             start = cfg.model
         else:
             start = str(sft / "merged") if (sft / "merged").is_dir() else str(sft)
-        pairs = str(stage_dir(cfg.run_dir, "sample"))
-        return ["dpo", *own, "--model_name_or_path", start, "--datasets", pairs, "--output_dir", out]
+        before = previous_data_stage(cfg, "sample")
+        pairs = [str(stage_dir(cfg.run_dir, s)) for s in ("sample", before) if s and cfg.stages[s].enabled]
+        return ["dpo", *own, "--model_name_or_path", start, "--datasets", *_need_all(pairs, name), "--output_dir", out]
     raise ValueError(f"unknown stage {name!r}")
 
 
@@ -164,6 +167,12 @@ def _need(source: str | None, name: str) -> str:
     if source is None:
         raise ValueError(f"stage {name!r} needs an earlier data stage enabled (build at least)")
     return source
+
+
+def _need_all(sources: list[str], name: str) -> list[str]:
+    if not sources:
+        raise ValueError(f"stage {name!r} needs an earlier data stage enabled (build at least)")
+    return sources
 
 
 def launcher(spec: StageConfig) -> list[str]:

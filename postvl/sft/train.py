@@ -66,22 +66,25 @@ def load_mixed_records(args: DataArguments, *, kind: str = "data") -> MixedRecor
     rng = random.Random(args.mixing_seed)
     tables, index, roots = [], [], []
     weights = args.dataset_weights or [1.0] * len(args.datasets)
-    for t, (folder, weight) in enumerate(zip(args.datasets, weights, strict=True)):
+    for folder, weight in zip(args.datasets, weights, strict=True):
         stage = Path(folder)
         if not (stage / "stats.json").is_file():
             raise FileNotFoundError(f"{stage} is not a finished stage folder (no stats.json): run its stage first")
         parts = sorted((stage / kind).glob("part-*.parquet"))
-        if not parts:
-            raise FileNotFoundError(f"{stage / kind} has no part-*.parquet: the dataset is empty")
+        if not parts:  # a stage may keep nothing of this kind (e.g. no preference pairs); the others still train
+            logger.warning("%s holds no %s records: skipped", stage, kind)
+            continue
         table = concatenate_datasets([Dataset.from_parquet(str(p)) for p in parts])
         rows = list(range(len(table))) * int(weight)
         rows += rng.sample(range(len(table)), round((weight - int(weight)) * len(table)))
         if args.max_records is not None:
             rows = rows[: args.max_records]
+        index.extend((len(tables), r) for r in rows)
         tables.append(table)
-        index.extend((t, r) for r in rows)
         roots.append(args.media_root or manifest_media_root(read_manifest(stage)) or str(stage))
         logger.info("%s: %d records, weight %s -> %d", stage, len(table), weight, len(rows))
+    if not index:
+        raise ValueError(f"no {kind} records in any of {args.datasets}: nothing to train on")
     return MixedRecords(tables=tables, index=index, media_roots=roots)
 
 
