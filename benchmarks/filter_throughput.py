@@ -1,7 +1,10 @@
-"""Throughput of the rule-filter stage against the I/O floor, measured in the same run.
+"""Throughput and memory of the rule-filter stage against the I/O floor and a peer, measured in the same run.
 
-    python benchmarks/filter_throughput.py                # 200k synthetic records
-    python benchmarks/filter_throughput.py -n 20000 --per-filter
+    python benchmarks/filter_throughput.py                # 200k synthetic records, RSS at 100k and 1M
+    python benchmarks/filter_throughput.py -n 20000 --per-filter --rss 20000 200000 --num-proc 2
+
+The peer is datatrove's ``GopherRepetitionFilter`` (one filter; we run all of ours). It is a benchmark-only
+dependency: ``pip install datatrove spacy`` (without them the peer is skipped and no speedup is printed).
 
 Builds N synthetic records (English and Chinese answers across all eight domains, with grounding JSON, document
 HTML and code, and a share of defects: loops, truncation, bad boxes, duplicates), writes them as JSONL and Parquet,
@@ -9,9 +12,15 @@ then times:
 
 - the I/O floor: read + write the same records (JSONL with ``json``; Parquet with ``pyarrow``), no filtering;
 - the rules alone: ``RuleRunner`` with the default policy over records in memory;
-- the rule stage: read JSONL -> rules -> write kept and rejected JSONL.
+- the rule stage: read JSONL -> rules -> write kept and rejected JSONL;
+- ``postvl filter --only rules`` itself (``run_filter``: Parquet stage folder in, stage folder out), with and without
+  near-duplicate detection, in one process (and with ``--num-proc`` workers when asked);
+- the peer: datatrove's ``GopherRepetitionFilter`` on the answers of the first 20k records;
+- peak RSS of ``postvl filter --only rules`` in a fresh process at each ``--rss`` size (the dedup state grows with
+  the records; everything else streams).
 
-Prints records/s for each and the stage / floor ratio (1.0 would mean filtering is free).
+Prints records/s for each, the stage / floor ratios, and on its last line ``speedup: X.XX``: our rule stage's
+records/s (``run_filter``, one process, all rules) over the peer's.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import argparse
 import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -193,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="time each measurement this many times, keep the best")
     parser.add_argument("--per-filter", action="store_true", help="also time each filter alone (first 20k records)")
+    parser.add_argument("--peer-records", type=int, default=20_000, help="records the peer filters (default 20k)")
+    parser.add_argument("--num-proc", type=int, default=1, help="also time the stage with this many processes")
+    parser.add_argument("--rss", type=int, nargs="*", default=[100_000, 1_000_000], help="record counts for peak RSS")
+    parser.add_argument("--rss-child", nargs=2, metavar=("STAGE_DIR", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rss_child:
+        return _rss_child(*args.rss_child, args.config)
 
     t0 = time.perf_counter()
     records = make_records(args.records, args.seed)
@@ -254,13 +271,31 @@ def main(argv: list[str] | None = None) -> int:
             repeat,
         )
 
+        stage_dir = tmp_dir / "stage_in"
+        write_stage_folder(stage_dir, records)
+        no_near = tmp_dir / "no_near.yaml"
+        write_config_without(args.config, no_near, "near_dedup")
+        filter_all = _timed(lambda: run_stage(stage_dir, tmp_dir / "f_all", args.config), repeat)
+        filter_no_near = _timed(lambda: run_stage(stage_dir, tmp_dir / "f_no_near", str(no_near)), repeat)
+        filter_procs = None
+        if args.num_proc > 1:
+            filter_procs = _timed(
+                lambda: run_stage(stage_dir, tmp_dir / "f_procs", args.config, args.num_proc), repeat
+            )
+        texts = [Sample(r).answer for r in records[: args.peer_records]]
+        peer = peer_rate(texts)
+
     rate = {
         "io floor, jsonl (read+write)": n / floor_jsonl,
         "io floor, parquet (read+write)": n / floor_parquet,
         "rules only (in memory)": n / rules_only,
         "rule stage, jsonl (read+rules+write)": n / stage_jsonl,
         "rule stage, parquet (read+rules+write)": n / stage_parquet,
+        "postvl filter --only rules, all rules": n / filter_all,
+        "postvl filter --only rules, no near_dedup": n / filter_no_near,
     }
+    if filter_procs is not None:
+        rate[f"postvl filter --only rules, {args.num_proc} processes"] = n / filter_procs
     print(f"load average after the run {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"\nkept {stats['kept']} / {stats['total']}, rejected {stats['rejected']}")
     for reason, count in sorted(stats["reasons"].items(), key=lambda kv: -kv[1]):
@@ -274,8 +309,119 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rule stage / jsonl floor:     {floor_jsonl / stage_jsonl:.2f}x")
     print(f"rule stage / parquet floor:   {floor_parquet / stage_parquet:.2f}x")
 
+    floor_parquet_rate = rate["io floor, parquet (read+write)"]
+    floor_jsonl_rate = rate["io floor, jsonl (read+write)"]
+    no_near_rate = rate["postvl filter --only rules, no near_dedup"]
+    print(f"postvl filter (no near_dedup) / parquet floor: {no_near_rate / floor_parquet_rate:.2f}x")
+    print(f"postvl filter (no near_dedup) / jsonl floor:   {no_near_rate / floor_jsonl_rate:.2f}x")
+    all_rate = rate["postvl filter --only rules, all rules"]
+    print(f"postvl filter (all rules) / parquet floor:     {all_rate / floor_parquet_rate:.2f}x")
+
     if args.per_filter:
         _per_filter(records[:20_000], args.config)
+    records.clear()  # the RSS runs below start from a small parent
+    if args.rss:
+        print("\npeak RSS of `postvl filter --only rules` in a fresh process:")
+        peaks = {}
+        for count in args.rss:
+            peaks[count] = measure_rss(count, args.config, args.seed)
+            print(f"  {count:>9,} records: {peaks[count] / 2**20:8.1f} MiB")
+        if len(peaks) > 1:
+            lo, hi = min(peaks), max(peaks)
+            print(f"  RSS at {hi:,} / at {lo:,}: {peaks[hi] / peaks[lo]:.2f}x")
+    if peer is not None:
+        print(f"\npeer (datatrove GopherRepetitionFilter, {len(texts):,} records): {peer:,.0f} records/s")
+        print(f"speedup: {rate['postvl filter --only rules, all rules'] / peer:.2f}")
+    else:
+        print("\npeer skipped: pip install datatrove spacy (benchmark-only) to compare")
+    return 0
+
+
+def write_stage_folder(out: Path, records: list[dict[str, Any]] | Iterator[list[dict[str, Any]]]) -> None:
+    """A finished stage folder (data/part-*.parquet, stats.json, manifest.json) holding ``records``."""
+    from postvl.io import record_schema
+
+    schema = record_schema("sft")
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    if isinstance(records, list):
+        chunks: Any = [records[i : i + 100_000] for i in range(0, len(records), 100_000)]
+    else:
+        chunks = records
+    total = 0
+    for k, chunk in enumerate(chunks):
+        table = pa.Table.from_pylist([{name: r.get(name) for name in schema.names} for r in chunk], schema=schema)
+        # row groups of 10k rows, as StageWriter writes them: a reader holds one row group at a time
+        pq.write_table(table, out / "data" / f"part-{k:05d}.parquet", row_group_size=10_000)
+        total += len(chunk)
+    (out / "manifest.json").write_text(json.dumps({"stage": "synthetic", "config": {}}))
+    (out / "stats.json").write_text(json.dumps({"total": total, "kept": total, "rejected": 0, "reasons": {}}))
+
+
+def write_config_without(config: str, out: Path, name: str) -> None:
+    """The policy file with filter ``name`` left out of every rule set."""
+    import yaml
+
+    data = yaml.safe_load(Path(config).read_text())
+    data["defaults"].pop(name, None)
+    for rules in (data.get("domains") or {}).values():
+        (rules.get("filters") or {}).pop(name, None)
+        for table in (rules.get("subcategories") or {}).values():
+            (table or {}).pop(name, None)
+    out.write_text(f"# postvl filter IN --out OUT --config {out.name}\n" + yaml.safe_dump(data, allow_unicode=True))
+
+
+def run_stage(stage_dir: Path, out: Path, config: str, num_proc: int = 1) -> None:
+    """``postvl filter STAGE --out OUT --only rules`` in this process (a fresh output folder each time)."""
+    import shutil
+
+    from postvl.filtering.stage import FilterConfig, run_filter
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = FilterConfig(inputs=(str(stage_dir),), out=str(out), config=config, only="rules", num_proc=num_proc)
+    run_filter(cfg, progress=False)
+
+
+def peer_rate(texts: list[str]) -> float | None:
+    """Records/s of datatrove's GopherRepetitionFilter on ``texts`` (None when datatrove is not installed)."""
+    try:
+        from datatrove.data import Document
+        from datatrove.pipeline.filters import GopherRepetitionFilter
+    except ImportError:
+        return None
+    filt = GopherRepetitionFilter()
+    docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
+    filt.filter(docs[0])  # loads its word tokenizer
+    start = time.perf_counter()
+    for doc in docs:
+        filt.filter(doc)
+    return len(docs) / (time.perf_counter() - start)
+
+
+def measure_rss(count: int, config: str, seed: int) -> int:
+    """Peak RSS (bytes) of a fresh process running the rule stage over ``count`` records written beforehand."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp) / "stage"
+
+        def chunks() -> Iterator[list[dict[str, Any]]]:
+            for k, start in enumerate(range(0, count, 100_000)):
+                chunk = make_records(min(100_000, count - start), seed * 1000 + k)
+                for r in chunk:
+                    r["id"] = f"{k}-{r['id']}"
+                yield chunk
+
+        write_stage_folder(stage, chunks())
+        cmd = [sys.executable, __file__, "--rss-child", str(stage), str(Path(tmp) / "out"), "--config", config]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return int(next(line for line in out.splitlines() if line.startswith("RSS ")).split()[1])
+
+
+def _rss_child(stage_dir: str, out: str, config: str) -> int:
+    run_stage(Path(stage_dir), Path(out), config)
+    # VmHWM (peak RSS of this address space) starts afresh at exec; getrusage's ru_maxrss would also count the
+    # forked parent's pages from before the exec.
+    status = Path("/proc/self/status").read_text()
+    peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+    print(f"RSS {peak_kib * 1024}")
     return 0
 
 

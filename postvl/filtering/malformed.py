@@ -14,7 +14,12 @@ from postvl.filtering.base import FENCE_WITH_LANG_RE, Filter, Sample
 
 IMAGE_SIZES_KEY = "image_sizes"
 """``meta`` key with the size of each image, ``[[width, height], ...]`` in the order of ``images``, in the same
-pixel frame as the answer's coordinates (for Qwen2.5-VL: the resized model input, absolute pixels)."""
+pixel frame as the answer's coordinates (for Qwen2.5-VL: the resized model input, absolute pixels).
+
+``postvl build`` does not write this key: it rescales grounding coordinates into the resized image and records each
+image under ``meta["media"]["images"]`` with ``resized_width`` / ``resized_height``. ``GroundingFilter`` reads those
+first (they are the frame the built answer's coordinates are in) and falls back to ``meta[size_key]`` for records
+that did not come through the builder (raw data, ``postvl synth``, hand-made records)."""
 
 _JSON_FENCE_RE = re.compile(r"```[ \t]*json[^\n]*\n(.*?)```", re.S | re.I)
 _GROUNDING_KEYS = ("bbox_2d", "point_2d")
@@ -28,8 +33,9 @@ class GroundingFilter(Filter):
     the first ``[`` or ``{`` of the answer. It must be an object or a list of objects; an object's ``bbox_2d`` must
     be four numbers ``[x1, y1, x2, y2]`` with ``x1 < x2`` and ``y1 < y2``, its ``point_2d`` two numbers ``[x, y]``.
     Coordinates must lie inside the image, ``0 <= x <= width``, ``0 <= y <= height`` (plus ``slack`` pixels), with
-    the size read from ``meta[size_key]`` (``[[width, height], ...]``, see ``IMAGE_SIZES_KEY``; with several images
-    the largest width and height bound the box). Without a size the bounds are not checked unless ``require_size``.
+    the size read from ``meta["media"]["images"]`` (the resized sizes ``postvl build`` records) or else from
+    ``meta[size_key]`` (``[[width, height], ...]``, see ``IMAGE_SIZES_KEY``; with several images the largest width and
+    height bound the box). Without a size the bounds are not checked unless ``require_size``.
 
     Args:
         size_key: ``meta`` key holding ``[[width, height], ...]``.
@@ -76,7 +82,8 @@ class GroundingFilter(Filter):
                 coords.append(point)
         if not coords:
             return "missing_grounding" if self.require else None
-        size = _image_bound(sample.meta.get(self.size_key))
+        meta = sample.meta
+        size = _built_image_bound(meta.get("media")) or _image_bound(meta.get(self.size_key))
         if size is None:
             return "missing_image_size" if self.require_size else None
         width, height = size[0] + self.slack, size[1] + self.slack
@@ -127,6 +134,16 @@ def _image_bound(sizes: Any) -> tuple[float, float] | None:
     if not all(_is_size(s) for s in sizes):
         return None
     return max(s[0] for s in sizes), max(s[1] for s in sizes)
+
+
+def _built_image_bound(media: Any) -> tuple[float, float] | None:
+    """Largest resized width and height of the images ``postvl build`` probed (``meta["media"]["images"]``)."""
+    if not isinstance(media, dict):
+        return None
+    images = media.get("images")
+    if not isinstance(images, list) or not images or not all(isinstance(m, dict) for m in images):
+        return None
+    return _image_bound([[m.get("resized_width"), m.get("resized_height")] for m in images])
 
 
 def _is_size(s: Any) -> bool:

@@ -1,6 +1,7 @@
 """Per-domain filter policy: which rule filters, with which thresholds, apply to a record of each domain.
 
-A policy file (``configs/filters/default.yaml``) has two keys::
+A policy file (``configs/filters/default.yaml``) has two keys for the rules (a third, ``scores``, holds the model
+scores' thresholds and is read by ``postvl.filtering.scoring``)::
 
     defaults:                    # every record; untagged records get exactly these
       length: {min_chars: 1}     # filter name -> constructor arguments
@@ -138,7 +139,8 @@ class PolicyConfig:
         errors: list[str] = []
         if not isinstance(data, Mapping):
             raise ValueError(f"a filter policy must be a mapping, got {type(data).__name__}")
-        _unknown_keys(data, ("defaults", "domains"), "top level", errors)
+        # `scores` (model-based score thresholds) belongs to the filter stage: postvl.filtering.scoring reads it.
+        _unknown_keys(data, ("defaults", "domains", "scores"), "top level", errors)
         defaults = _filter_table(data.get("defaults") or {}, "defaults", errors, allow_null=False)
         domains: dict[str, DomainRules] = {}
         raw_domains = data.get("domains") or {}
