@@ -181,6 +181,9 @@ def iter_stage_records(files: list[InputFile], shard: Shard) -> Iterator[tuple[d
                 row += 1
 
 
+PREFERENCE_SCOPE = "\x00preference-pair"
+
+
 def rule_view(record: Mapping[str, Any]) -> Mapping[str, Any]:
     """What the rules read: the record, or for a preference record its prompt + chosen answer as ``messages``."""
     if "chosen" not in record:
@@ -188,7 +191,9 @@ def rule_view(record: Mapping[str, Any]) -> Mapping[str, Any]:
     return {
         "id": record.get("id"),
         "messages": list(record.get("prompt") or []) + list(record.get("chosen") or []),
-        "images": record.get("images"),
+        # Deduplication keys records by their text and images only: the marker keeps a pair apart from the SFT
+        # record it was made from (same prompt, same chosen answer), so pairs are deduplicated among themselves.
+        "images": [*(record.get("images") or []), PREFERENCE_SCOPE],
         "videos": record.get("videos"),
         "meta": record.get("meta"),
     }

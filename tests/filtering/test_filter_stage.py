@@ -223,3 +223,17 @@ def test_grounding_bounds_come_from_the_sizes_the_builder_records():
         == "bbox_out_of_image"
     )
     assert GroundingFilter().check(record | {"meta": {"image_sizes": [[640, 480]]}}) is None  # raw record: its sizes
+
+
+def test_a_pair_made_from_an_sft_record_is_not_its_duplicate_but_pairs_are_deduplicated():
+    from postvl.filtering.policy import Policy, PolicyConfig
+    from postvl.filtering.stage import rule_view
+
+    user = {"role": "user", "content": [{"type": "text", "text": "How many apples are on the table in the photo?"}]}
+    right = {"role": "assistant", "content": [{"type": "text", "text": "There are three apples on the table."}]}
+    wrong = {"role": "assistant", "content": [{"type": "text", "text": "There are five apples on the table."}]}
+    sft = {"id": "a", "messages": [user, right], "images": ["x.png"], "meta": {}}
+    pair = {"id": "p", "prompt": [user], "chosen": [right], "rejected": [wrong], "images": ["x.png"], "meta": {}}
+    policy = Policy(PolicyConfig.from_yaml(Path(__file__).parents[2] / "configs" / "filters" / "default.yaml"))
+    reasons = [policy.check(rule_view(r)) for r in (sft, pair, dict(pair, id="p2"), dict(sft, id="a2"))]
+    assert reasons == [None, None, "exact_duplicate", "exact_duplicate"]
