@@ -248,7 +248,9 @@ def build_report(run_dir: str | Path, *, samples: int = 6) -> tuple[str, str]:
             line = f"  {r['stage']:<7} {r['total']:>6} in -> {r['kept']:>6} kept, {r['rejected']:>5} rejected"
             lines.append(line + (f" ({reasons})" if reasons else ""))
 
-    domains = next((r["domains"] for r in reversed(rows) if r["domains"]), {})
+    # the tagged distribution (what the tagger saw), else the latest stage that counted domains
+    tagged = [r for r in rows if r["stage"] == "tag" and r["domains"]]
+    domains = (tagged or [r for r in reversed(rows) if r["domains"]] or [{"domains": {}}])[0]["domains"]
     if domains:
         sections.append(f"<h2>Domains</h2>{_img(bars_png(domains, 'records per domain'), 'domains')}")
         lines.append("  domains: " + ", ".join(f"{k} {v}" for k, v in sorted(domains.items(), key=lambda kv: -kv[1])))
@@ -283,20 +285,19 @@ def build_report(run_dir: str | Path, *, samples: int = 6) -> tuple[str, str]:
                 losses = [h["loss"] for h in history if "loss" in h]
                 lines.append(f"  {name}: {len(losses)} logged steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}")
 
-    last_data = next((folders[s] for s in ("sample", "filter", "tag", "build") if s in folders), None)
-    if last_data is not None:
-        manifest = read_json(last_data / "manifest.json")
-        root = (manifest.get("config") or {}).get("media_root")
-        recs = records_sample(last_data, samples)
+    for name in ("sample", "filter", "tag", "build"):  # records of the latest data stage that kept some
+        recs = records_sample(folders[name], samples) if name in folders else []
         if recs:
+            root = (read_json(folders[name] / "manifest.json").get("config") or {}).get("media_root")
             body = "".join(record_html(r, Path(root) if root else None) for r in recs)
-            sections.append(f"<h2>Sample records ({last_data.name}; trained spans highlighted)</h2>{body}")
+            sections.append(f"<h2>Sample records ({folders[name].name}; trained spans highlighted)</h2>{body}")
+            break
 
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>postvl run {html.escape(str(run))}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
 pre{{white-space:pre-wrap;background:#f6f6f6;padding:8px}}
-mark{{background:#c6efce}}.rec{{border-top:1px solid #ddd;margin:1em 0}}.rid{{font-weight:bold}}
+mark{{background:#c6efce}}img{{max-width:100%}}.rec{{border-top:1px solid #ddd;margin:1em 0}}.rid{{font-weight:bold}}
 .imgs img{{margin-right:6px;border:1px solid #ccc}}</style></head><body>
 <h1>postvl run: {html.escape(str(run))}</h1>{"".join(sections) or "<p>No finished stage found.</p>"}</body></html>
 """
