@@ -681,6 +681,39 @@ class StageWriter:
 # Reading a finished stage
 
 
+def is_stage_folder(path: str | Path) -> bool:
+    """A finished stage folder (``stats.json`` and ``manifest.json`` are written last)."""
+    path = Path(path)
+    return path.is_dir() and (path / "manifest.json").is_file() and (path / "stats.json").is_file()
+
+
+def wait_for_file(path: str | Path, timeout: float) -> None:
+    """Wait until ``path`` exists (rank 0 writes a stage's ``stats.json`` once every rank has finished)."""
+    import time
+
+    deadline = time.time() + timeout
+    while not Path(path).is_file():
+        if time.time() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f}s for {path}; did rank 0 fail?")
+        time.sleep(0.5)
+
+
+def stage_settings(folder: str | Path, depth: int = 0) -> tuple[str | None, dict[str, Any] | None]:
+    """Media root and pixel limits from a stage's manifest, following its input stages back to the build."""
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    config = json.loads(manifest.read_text()).get("config", {}) if manifest.is_file() else {}
+    media_root, pixels = config.get("media_root"), config.get("pixels")
+    if (media_root is None or pixels is None) and depth < 8:
+        for key in ("input", "inputs", "input_folder"):
+            values = config.get(key)
+            for value in [values] if isinstance(values, str) else values or []:
+                if is_stage_folder(value) and Path(value).resolve() != folder.resolve():
+                    earlier_root, earlier_pixels = stage_settings(Path(value), depth + 1)
+                    media_root, pixels = media_root or earlier_root, pixels or earlier_pixels
+    return media_root, pixels
+
+
 def read_stats(stage_dir: str | Path) -> dict[str, Any]:
     """``stats.json`` of a finished stage; raises if the stage did not finish."""
     path = Path(stage_dir) / "stats.json"

@@ -301,3 +301,37 @@ def _write(writer: StageWriter, outcome: Outcome, seen: set[str]) -> None:
         record=outcome.payload if outcome.raw is None else None,
         raw=outcome.raw,
     )
+
+
+def stage_from_inputs(
+    inputs: Iterable[str],
+    out: str | Path,
+    *,
+    shard: Shard | None = None,
+    progress: bool = True,
+    merge_timeout: float = 86400.0,
+    **build_options: Any,
+) -> Path:
+    """A later stage's ``IN`` as one finished stage folder: the stage folder given, or raw data built into ``out``.
+
+    Every stage after ``build`` accepts a stage folder or any input ``postvl build`` accepts; raw data is built here
+    (this rank's shard; rank 0 merges) with ``build_options`` (``BuildConfig`` fields such as ``format``,
+    ``media_root``, ``model``, pixel limits).
+
+    Raises:
+        ValueError: several stage folders, or stage folders mixed with raw data.
+    """
+    from postvl.io import is_stage_folder, wait_for_file
+
+    inputs = list(inputs)
+    stages = [is_stage_folder(p) for p in inputs]
+    if stages and all(stages):
+        if len(inputs) > 1:
+            raise ValueError(f"give one stage folder, got {len(inputs)}: {inputs}")
+        return Path(inputs[0])
+    if any(stages):
+        raise ValueError(f"inputs mix stage folders and raw data: {inputs}; give one stage folder or raw data")
+    logger.info("building the raw input into %s first", out)
+    run_build(BuildConfig(inputs=tuple(inputs), out=str(out), **build_options), shard=shard, progress=progress)
+    wait_for_file(Path(out) / "stats.json", merge_timeout)  # rank 0 writes it once every rank's shard is done
+    return Path(out)

@@ -43,6 +43,8 @@ from postvl.io import (
     list_inputs,
     read_stage,
     shard_from_env,
+    stage_settings,
+    wait_for_file,
     write_json_atomic,
 )
 from postvl.records import RecordError
@@ -215,25 +217,23 @@ class StageInput:
     pixels: dict[str, Any] | None
 
 
-def is_stage_folder(path: str | Path) -> bool:
-    """A finished stage folder (``stats.json`` and ``manifest.json`` are written last)."""
-    path = Path(path)
-    return path.is_dir() and (path / "manifest.json").is_file() and (path / "stats.json").is_file()
-
-
 def prepare_input(cfg: TagConfig, shard: Shard, *, progress: bool = True) -> StageInput:
     """The input as a finished stage folder: the given one, or raw data built into ``OUT/_build`` first."""
-    stages = [is_stage_folder(p) for p in cfg.inputs]
-    if all(stages):
-        if len(cfg.inputs) > 1:
-            raise ValueError(f"give one stage folder, got {len(cfg.inputs)}: {list(cfg.inputs)}")
-        folder = Path(cfg.inputs[0])
-    elif any(stages):
-        raise ValueError(
-            f"inputs mix stage folders and raw data: {list(cfg.inputs)}; give one stage folder or raw data"
-        )
-    else:
-        folder = _build_raw(cfg, shard, progress=progress)
+    from postvl.chatml.build import stage_from_inputs
+
+    folder = stage_from_inputs(
+        cfg.inputs,
+        Path(cfg.out) / BUILD_SUBDIR,
+        shard=shard,
+        progress=progress,
+        merge_timeout=cfg.merge_timeout,
+        format=cfg.format,
+        media_root=cfg.media_root,
+        model=cfg.model if cfg.backend == "llm" and _is_dir(cfg.model) else None,  # a VLM's pixel limits, tokens
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
+        chunk_size=cfg.chunk_size,
+    )
     media_root, pixels = stage_settings(folder)
     files = [
         f
@@ -242,50 +242,6 @@ def prepare_input(cfg: TagConfig, shard: Shard, *, progress: bool = True) -> Sta
         for f in list_inputs([folder / sub])
     ]
     return StageInput(folder, files, cfg.media_root or media_root, pixels)
-
-
-def _build_raw(cfg: TagConfig, shard: Shard, *, progress: bool) -> Path:
-    from postvl.chatml.build import BuildConfig, run_build
-
-    out = Path(cfg.out) / BUILD_SUBDIR
-    build = BuildConfig(
-        inputs=tuple(cfg.inputs),
-        out=str(out),
-        format=cfg.format,
-        media_root=cfg.media_root,
-        model=cfg.model if cfg.backend == "llm" and _is_dir(cfg.model) else None,  # a VLM's pixel limits, tokens
-        min_pixels=cfg.min_pixels,
-        max_pixels=cfg.max_pixels,
-        chunk_size=cfg.chunk_size,
-    )
-    logger.info("building the raw input into %s first", out)
-    run_build(build, shard=shard, progress=progress)
-    wait_for(out / "stats.json", cfg.merge_timeout)  # rank 0 writes it once every rank's build shard is done
-    return out
-
-
-def wait_for(path: Path, timeout: float) -> None:
-    """Wait until ``path`` exists (rank 0 writes a stage's stats.json after every rank finished)."""
-    deadline = time.time() + timeout
-    while not path.is_file():
-        if time.time() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f}s for {path}; did rank 0 fail?")
-        time.sleep(0.5)
-
-
-def stage_settings(folder: Path, depth: int = 0) -> tuple[str | None, dict[str, Any] | None]:
-    """Media root and pixel limits from a stage's manifest, following its input stages back to the build."""
-    manifest = folder / "manifest.json"
-    config = json.loads(manifest.read_text()).get("config", {}) if manifest.is_file() else {}
-    media_root, pixels = config.get("media_root"), config.get("pixels")
-    if (media_root is None or pixels is None) and depth < 8:
-        for key in ("input_folder", "inputs", "input"):
-            values = config.get(key)
-            for value in [values] if isinstance(values, str) else values or []:
-                if is_stage_folder(value) and Path(value).resolve() != folder.resolve():
-                    earlier_root, earlier_pixels = stage_settings(Path(value), depth + 1)
-                    media_root, pixels = media_root or earlier_root, pixels or earlier_pixels
-    return media_root, pixels
 
 
 def iter_records(folder: Path, shard: Shard) -> Iterator[dict[str, Any]]:
@@ -498,7 +454,7 @@ def run_tagging(
     with raw_writer:
         if not raw_writer.done:
             _tag_pass(raw_writer, source.folder, get_backend, cfg, progress)
-    wait_for(raw_dir / "stats.json", cfg.merge_timeout)
+    wait_for_file(raw_dir / "stats.json", cfg.merge_timeout)
     vocab = build_vocabulary(raw_dir, cfg)
     raw_files = [
         f

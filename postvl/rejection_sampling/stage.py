@@ -36,7 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from postvl.generation import BACKENDS, Generator, Request, Sample, SamplingParams
-from postvl.io import InputFile, Shard, StageWriter, list_inputs, read_stage, shard_from_env, write_json_atomic
+from postvl.io import (
+    InputFile,
+    Shard,
+    StageWriter,
+    list_inputs,
+    read_stage,
+    shard_from_env,
+    stage_settings,
+    write_json_atomic,
+)
 from postvl.media import PixelConfig
 from postvl.records import RecordError
 from postvl.rejection_sampling.prompts import PromptSpec, question_messages, resolve_prompts, with_instruction
@@ -214,42 +223,16 @@ class StageInput:
     pixels: PixelConfig
 
 
-def is_stage_folder(path: str | Path) -> bool:
-    """A finished stage folder (``stats.json`` and ``manifest.json`` are written last)."""
-    path = Path(path)
-    return path.is_dir() and (path / "manifest.json").is_file() and (path / "stats.json").is_file()
-
-
 def prepare_input(cfg: SamplingConfig, shard: Shard, *, progress: bool = True) -> StageInput:
     """The input as a finished stage folder: the given one, or raw data built into ``OUT/_build`` first."""
-    stages = [is_stage_folder(p) for p in cfg.inputs]
-    if all(stages):
-        if len(cfg.inputs) > 1:
-            raise ValueError(f"give one stage folder, got {len(cfg.inputs)}: {list(cfg.inputs)}")
-        folder = Path(cfg.inputs[0])
-    elif any(stages):
-        raise ValueError(
-            f"inputs mix stage folders and raw data: {list(cfg.inputs)}; give one stage folder or raw data"
-        )
-    else:
-        folder = _build_raw(cfg, shard, progress=progress)
-    media_root, pixels = stage_settings(folder)
-    media_root = cfg.media_root or media_root
-    if media_root is None:
-        raise ValueError(f"{folder}'s manifest names no media_root: pass --media-root")
-    pixels = _check_pixels(cfg, folder, pixels)
-    data = folder / "data"
-    files = list_inputs([data]) if any(data.glob("part-*.parquet")) else []
-    return StageInput(folder, files, str(media_root), pixels)
+    from postvl.chatml.build import stage_from_inputs
 
-
-def _build_raw(cfg: SamplingConfig, shard: Shard, *, progress: bool) -> Path:
-    from postvl.chatml.build import BuildConfig, run_build
-
-    out = Path(cfg.out) / BUILD_SUBDIR
-    build = BuildConfig(
-        inputs=tuple(cfg.inputs),
-        out=str(out),
+    folder = stage_from_inputs(
+        cfg.inputs,
+        Path(cfg.out) / BUILD_SUBDIR,
+        shard=shard,
+        progress=progress,
+        merge_timeout=cfg.merge_timeout,
         format=cfg.format,
         media_root=cfg.media_root,
         model=cfg.model,
@@ -257,35 +240,14 @@ def _build_raw(cfg: SamplingConfig, shard: Shard, *, progress: bool) -> Path:
         max_pixels=cfg.max_pixels,
         chunk_size=cfg.chunk_size,
     )
-    logger.info("building the raw input into %s first", out)
-    run_build(build, shard=shard, progress=progress)
-    _wait_for(out / "stats.json", cfg.merge_timeout)  # rank 0 writes it once every rank's build shard is done
-    return out
-
-
-def _wait_for(path: Path, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while not path.is_file():
-        if time.time() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f}s for {path}; did rank 0 fail?")
-        time.sleep(0.5)
-
-
-def stage_settings(folder: Path, depth: int = 0) -> tuple[str | None, PixelConfig | None]:
-    """Media root and pixel limits from a stage's manifest, following its input stages back to the build."""
-    manifest_path = folder / "manifest.json"
-    config = json.loads(manifest_path.read_text()).get("config", {}) if manifest_path.is_file() else {}
-    media_root = config.get("media_root")
-    pixels = PixelConfig(**config["pixels"]) if config.get("pixels") else None
-    if (media_root is None or pixels is None) and depth < 8:
-        for key in ("input", "inputs", "input_folder"):
-            values = config.get(key)
-            for value in [values] if isinstance(values, str) else values or []:
-                if is_stage_folder(value) and Path(value).resolve() != folder.resolve():
-                    earlier_root, earlier_pixels = stage_settings(Path(value), depth + 1)
-                    media_root = media_root or earlier_root
-                    pixels = pixels or earlier_pixels
-    return media_root, pixels
+    media_root, pixels = stage_settings(folder)
+    media_root = cfg.media_root or media_root
+    if media_root is None:
+        raise ValueError(f"{folder}'s manifest names no media_root: pass --media-root")
+    pixels = _check_pixels(cfg, folder, PixelConfig(**pixels) if pixels else None)
+    data = folder / "data"
+    files = list_inputs([data]) if any(data.glob("part-*.parquet")) else []
+    return StageInput(folder, files, str(media_root), pixels)
 
 
 def _check_pixels(cfg: SamplingConfig, folder: Path, pixels: PixelConfig | None) -> PixelConfig:

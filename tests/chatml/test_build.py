@@ -177,3 +177,22 @@ def test_bad_options_fail_before_any_work(tmp_path):
         BuildConfig(inputs=("x",), out=str(tmp_path), num_proc=0, media_root=str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError):
         run_build(BuildConfig(inputs=(str(tmp_path / "missing.jsonl"),), out=str(tmp_path / "o")), progress=False)
+
+
+def test_stage_from_inputs_passes_a_stage_folder_and_builds_raw_data(tmp_path):
+    from postvl.chatml.build import stage_from_inputs
+    from postvl.io import is_stage_folder, stage_settings
+
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                            {"role": "assistant", "content": "Hello."}]}) + "\n")
+    built = stage_from_inputs([str(raw)], tmp_path / "b", progress=False)
+    assert is_stage_folder(built) and json.loads((built / "stats.json").read_text())["kept"] == 1
+    assert stage_from_inputs([str(built)], tmp_path / "unused") == built
+    assert not (tmp_path / "unused").exists()
+    media_root, pixels = stage_settings(built)
+    assert media_root == str(tmp_path) and pixels["max_pixels"] > 0
+    with pytest.raises(ValueError, match="mix stage folders and raw data"):
+        stage_from_inputs([str(built), str(raw)], tmp_path / "x")
+    with pytest.raises(ValueError, match="give one stage folder"):
+        stage_from_inputs([str(built), str(built)], tmp_path / "x")
