@@ -81,27 +81,61 @@ _S33 = np.uint64(33)
 _S32 = np.uint64(32)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _BBIT_CHANCE = 1 / 256  # two different 32-bit values agree in their low 8 bits by chance
+_UNPREPARED = object()
+
+
+class _SortedU64:
+    """A sorted uint64 array that grows in place: new values are sorted into spare capacity at its end.
+
+    Capacity grows by half through ``ndarray.resize`` (``realloc``, which moves large blocks by remapping pages rather
+    than copying them), so a merge holds no second copy of the array; the stable sort merges the two sorted runs in
+    linear time with a buffer the size of the new run.
+    """
+
+    def __init__(self) -> None:
+        self._buf = np.empty(0, dtype=np.uint64)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    def merge(self, new: np.ndarray) -> None:
+        n, m = self._n, len(new)
+        if n + m > len(self._buf):
+            self._buf.resize(max(n + m, len(self._buf) * 3 // 2, 1 << 10), refcheck=False)
+        self._buf[n : n + m] = new
+        self._buf[: n + m].sort(kind="stable")
+        self._n = n + m
 
 
 class KeySet:
     """A set of 64-bit integers in 8 bytes each: a sorted numpy array plus a small Python set of recent keys.
 
-    Recent keys are merged into the array every ``buffer`` insertions (numpy's stable sort merges the two sorted runs
-    in linear time), so memory stays at 8 bytes per key plus a bounded buffer, and a lookup is one binary search.
+    Recent keys are merged into the array every ``buffer`` insertions (in place, see ``_SortedU64``), so memory stays
+    at 8 bytes per key (plus up to half again of spare capacity) and a bounded buffer, and a lookup is one binary
+    search.
     """
 
     def __init__(self, buffer: int = 1 << 16) -> None:
-        self._sorted = np.empty(0, dtype=np.uint64)
+        self._array = _SortedU64()
         self._recent: set[int] = set()
         self._buffer = buffer
 
+    @property
+    def _sorted(self) -> np.ndarray:
+        return self._array.values
+
     def __len__(self) -> int:
-        return len(self._sorted) + len(self._recent)
+        return len(self._array) + len(self._recent)
 
     def __contains__(self, key: int) -> bool:
         if key in self._recent:
             return True
-        arr = self._sorted
+        arr = self._array.values
         pos = int(arr.searchsorted(np.uint64(key)))
         return pos < len(arr) and int(arr[pos]) == key
 
@@ -110,9 +144,7 @@ class KeySet:
         if len(self._recent) >= self._buffer:
             recent = np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent))
             recent.sort()
-            merged = np.concatenate([self._sorted, recent])
-            merged.sort(kind="stable")
-            self._sorted = merged
+            self._array.merge(recent)
             self._recent = set()
 
 
@@ -122,29 +154,50 @@ class BandIndex:
     Each entry is ``key << 32 | index`` (32-bit band key, 32-bit record index) in a sorted uint64 array; recent entries
     sit in a small dict merged in every ``buffer`` insertions. Two different bands share a 32-bit key with probability
     2**-32, which at worst adds a candidate that the signature check then turns down.
+
+    ``generation`` changes at every merge: a ``search`` of the sorted array made for a batch of records stays valid
+    for ``lookup`` while the generation is unchanged (keys added since then are in the dict, which is asked first).
     """
 
     def __init__(self, buffer: int = 1 << 16) -> None:
-        self._sorted = np.empty(0, dtype=np.uint64)
+        self._array = _SortedU64()
         self._recent: dict[int, int] = {}
         self._buffer = buffer
+        self.generation = 0
+
+    @property
+    def _sorted(self) -> np.ndarray:
+        return self._array.values
 
     def __len__(self) -> int:
-        return len(self._sorted) + len(self._recent)
+        return len(self._array) + len(self._recent)
 
-    def lookup(self, keys: list[int]) -> list[int | None]:
-        """The record index stored for each key, or ``None``."""
+    def search(self, keys: np.ndarray) -> np.ndarray:
+        """For an array of keys (any shape), the record index stored in the sorted array, or -1 (dict not asked)."""
+        arr = self._array.values
+        wanted = keys.astype(np.uint64)
+        if not len(arr):
+            return np.full(wanted.shape, -1, dtype=np.int64)
+        pos = arr.searchsorted(wanted << _S32)
+        hit = arr[np.minimum(pos, len(arr) - 1)]
+        match = (pos < len(arr)) & ((hit >> _S32) == wanted)
+        return np.where(match, (hit & _LOW32).astype(np.int64), -1)
+
+    def lookup(self, keys: list[int], searched: list[int] | None = None) -> list[int | None]:
+        """The record index stored for each key, or ``None``.
+
+        Args:
+            keys: the band keys.
+            searched: ``search(keys)`` made at this ``generation`` (saves the binary search), or ``None``.
+        """
         get = self._recent.get
         found: list[int | None] = [get(k) for k in keys]
-        arr = self._sorted
-        if len(arr) and None in found:
-            wanted = np.asarray(keys, dtype=np.uint64)
-            pos = arr.searchsorted(wanted << _S32)
-            hit = arr[np.minimum(pos, len(arr) - 1)]
-            match = (pos < len(arr)) & ((hit >> _S32) == wanted)
-            for i in np.flatnonzero(match).tolist():
-                if found[i] is None:
-                    found[i] = int(hit[i] & _LOW32)
+        if None in found and len(self._array):
+            if searched is None:
+                searched = self.search(np.asarray(keys, dtype=np.uint64)).tolist()
+            for i, idx in enumerate(searched):
+                if found[i] is None and idx >= 0:
+                    found[i] = idx
         return found
 
     def add(self, keys: list[int], index: int) -> None:
@@ -157,10 +210,9 @@ class BandIndex:
                 ((k << 32) | v for k, v in self._recent.items()), dtype=np.uint64, count=len(self._recent)
             )
             packed.sort()
-            merged = np.concatenate([self._sorted, packed])
-            merged.sort(kind="stable")
-            self._sorted = merged
+            self._array.merge(packed)
             self._recent = {}
+            self.generation += 1
 
 
 class SignatureStore:
@@ -234,6 +286,57 @@ class MinHasher:
             np.minimum(sig, block.min(axis=1), out=sig)
         return sig
 
+    def signatures(self, texts: Sequence[str]) -> np.ndarray:
+        """The signatures of many texts at once, ``(len(texts), num_perm)`` uint32, equal to ``signature`` of each.
+
+        Every text must be at least one shingle long. The texts are hashed as one concatenated string (shingles that
+        straddle two texts are dropped) and the permutations run over blocks of about ``_CHUNK * 4`` shingles with
+        one minimum per text (``reduceat``): a few numpy calls per batch instead of a dozen per record.
+        """
+        k = self.shingle
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        if not len(texts):
+            return np.empty((0, self.num_perm), dtype=np.uint32)
+        if int(lengths.min()) < k:
+            raise ValueError(f"every text must have at least {k} characters")
+        codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        n = len(codes) - k + 1
+        h = codes[:n].copy()
+        for j in range(1, k):
+            h *= _ROLL
+            h += codes[j : j + n]
+        h ^= h >> _S33
+        h *= _MIX1
+        counts = lengths - k + 1  # shingles of each text
+        firsts = np.cumsum(counts) - counts  # where each text's shingles start among the kept ones
+        offsets = np.cumsum(lengths) - lengths  # where each text starts in the concatenation
+        positions = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(offsets - firsts, counts)
+        h32 = (h[positions] >> _S32).astype(np.uint32)
+        out = np.empty((len(texts), self.num_perm), dtype=np.uint32)
+        limit = _CHUNK * 4
+        ends = firsts + counts
+        start = 0
+        while start < len(texts):
+            # texts start..stop-1 in one block: at least one text, at most about `limit` shingles
+            stop = max(int(np.searchsorted(ends, firsts[start] + limit, side="right")), start + 1)
+            lo, hi = int(firsts[start]), int(ends[stop - 1])
+            if hi - lo > limit:  # one long text: the chunked single-text path keeps the block small
+                out[start] = self._min_hash(h32[lo:hi])
+            else:
+                block = np.multiply.outer(self._a, h32[lo:hi])
+                block += self._b
+                out[start:stop] = np.minimum.reduceat(block, firsts[start:stop] - lo, axis=1).T
+            start = stop
+        return out
+
+    def _min_hash(self, h32: np.ndarray) -> np.ndarray:
+        sig = np.full(self.num_perm, _MAX, dtype=np.uint32)
+        for start in range(0, len(h32), _CHUNK):
+            block = np.multiply.outer(self._a, h32[start : start + _CHUNK])
+            block += self._b
+            np.minimum(sig, block.min(axis=1), out=sig)
+        return sig
+
 
 class NearDedupFilter(Filter):
     """Rejects a record whose text is a near copy (estimated Jaccard >= ``threshold``) of an earlier record's.
@@ -288,21 +391,60 @@ class NearDedupFilter(Filter):
         self._index = BandIndex()
         self._store = SignatureStore(num_perm)
 
-    def check(self, record: Mapping[str, Any] | Sample) -> str | None:
-        sample = Sample.of(record)
+    def _text(self, sample: Sample) -> str | None:
         text = " ".join(_WORDS_RE.findall(_record_text(sample, self.fields).lower()))
-        if len(text) < max(self.min_chars, self.shingle):
-            return None
-        sig = self._hasher.signature(text)
-        if sig is None:
-            return None
+        return text if len(text) >= max(self.min_chars, self.shingle) else None
+
+    def _keys(self, sample: Sample, sig: np.ndarray) -> list[int]:
         scope = hash(tuple(sample.images)) if self.include_images else 0
         width = self.num_perm // self.bands * 4
         raw = sig.tobytes()
-        keys = [hash((scope, i, raw[i * width : (i + 1) * width])) & 0xFFFFFFFF for i in range(self.bands)]
-        found = self._index.lookup(keys)
+        return [hash((scope, i, raw[i * width : (i + 1) * width])) & 0xFFFFFFFF for i in range(self.bands)]
+
+    def prepare(self, samples: Sequence[Sample]) -> None:
+        """Compute the signatures, band keys and index search of a batch at once, before ``check`` sees each.
+
+        Only what does not depend on the records seen so far is computed here (the index search is redone in
+        ``check`` when the index has merged since), so decisions are those of ``check`` alone, in the same order.
+        """
+        texts: list[str] = []
+        owners: list[Sample] = []
+        for sample in samples:
+            text = self._text(sample)
+            if text is None:
+                sample.cache[id(self)] = None
+            else:
+                texts.append(text)
+                owners.append(sample)
+        if not texts:
+            return
+        sigs = self._hasher.signatures(texts)
+        lows = sigs.astype(np.uint8)
+        keys = [self._keys(sample, sig) for sample, sig in zip(owners, sigs, strict=True)]
+        searched = self._index.search(np.asarray(keys, dtype=np.uint64)).tolist()
+        generation = self._index.generation
+        for i, sample in enumerate(owners):
+            sample.cache[id(self)] = (lows[i], keys[i], searched[i], generation)
+
+    def check(self, record: Mapping[str, Any] | Sample) -> str | None:
+        sample = Sample.of(record)
+        prepared = sample.cache.pop(id(self), _UNPREPARED)
+        if prepared is None:
+            return None
+        if prepared is _UNPREPARED:
+            text = self._text(sample)
+            if text is None:
+                return None
+            sig = self._hasher.signature(text)
+            if sig is None:
+                return None
+            low, keys, searched = sig.astype(np.uint8), self._keys(sample, sig), None
+        else:
+            low, keys, searched, generation = prepared
+            if generation != self._index.generation:
+                searched = None
+        found = self._index.lookup(keys, searched)
         candidates = sorted({idx for idx in found if idx is not None})
-        low = sig.astype(np.uint8)
         if candidates:
             agree = (self._store.rows(candidates) == low).mean(axis=1)
             estimate = (float(agree.max()) - _BBIT_CHANCE) / (1 - _BBIT_CHANCE)

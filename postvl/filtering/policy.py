@@ -289,6 +289,14 @@ class Policy:
         (``records.check_conversation``), or ``malformed_record`` / ``malformed_meta``, never raised.
         """
         sample = Sample.of(record)
+        reason = self.check_stateless(sample)
+        if reason is None:
+            reason = self.check_stateful(sample)
+        return reason
+
+    def check_stateless(self, sample: Sample) -> str | None:
+        """What ``check`` decides before the stateful (dedup) filters: the contract checks, then each stateless
+        filter of the record's domain. Stateful filters come last in every rule set, so this is a prefix of it."""
         if not isinstance(sample.record, Mapping):
             return "malformed_record"
         reason = check_conversation(sample.record.get("messages"))
@@ -301,10 +309,32 @@ class Policy:
         if not isinstance(meta, dict):
             return "malformed_meta"
         for filt in self.for_record(sample):
+            if filt.stateful:
+                break
             reason = filt.check(sample)
             if reason is not None:
                 return reason
         return None
+
+    def check_stateful(self, sample: Sample) -> str | None:
+        """The rest of ``check``: the record's stateful filters, for a record that every stateless filter kept."""
+        for filt in self.for_record(sample):
+            if filt.stateful:
+                reason = filt.check(sample)
+                if reason is not None:
+                    return reason
+        return None
+
+    def prepare_stateful(self, samples: Iterable[Sample]) -> None:
+        """``Filter.prepare`` of each stateful filter on the records routed to it (records kept by the stateless
+        filters, about to go through ``check_stateful`` in this order)."""
+        routed: dict[int, tuple[Filter, list[Sample]]] = {}
+        for sample in samples:
+            for filt in self.for_record(sample):
+                if filt.stateful:
+                    routed.setdefault(id(filt), (filt, []))[1].append(sample)
+        for filt, batch in routed.values():
+            filt.prepare(batch)
 
 
 def _where(key: tuple[str | None, str | None]) -> str:
@@ -334,24 +364,37 @@ class RuleRunner:
         self.counts = Counts()
         self.domain_counts: dict[str, Counts] = {}
 
-    def run(self, records: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], str | None]]:
-        """Yield ``(record, reason)`` for every record, ``reason`` being ``None`` for a kept record."""
-        check = self.policy.check
-        counts = self.counts
-        for record in records:
-            sample = Sample(record)
-            reason = check(sample)
-            domain = self._domain(sample)
-            per_domain = self.domain_counts.get(domain)
-            if per_domain is None:
-                per_domain = self.domain_counts[domain] = Counts()
-            if reason is None:
-                counts.keep()
-                per_domain.keep()
-            else:
-                counts.reject(reason)
-                per_domain.reject(reason)
-            yield record, reason
+    def run(
+        self, records: Iterable[Mapping[str, Any]], batch_size: int = 256
+    ) -> Iterator[tuple[Mapping[str, Any], str | None]]:
+        """Yield ``(record, reason)`` for every record, ``reason`` being ``None`` for a kept record.
+
+        Records are taken ``batch_size`` at a time: the stateless filters judge the batch, the stateful filters
+        prepare the survivors together (near dedup hashes them in one pass), then the survivors go through the
+        stateful filters one by one in input order, so the decisions are those of ``Policy.check`` on each record.
+        """
+        policy = self.policy
+        for batch in _batches(records, batch_size):
+            samples = [Sample(record) for record in batch]
+            reasons = [policy.check_stateless(sample) for sample in samples]
+            policy.prepare_stateful([s for s, reason in zip(samples, reasons, strict=True) if reason is None])
+            for sample, reason in zip(samples, reasons, strict=True):
+                if reason is None:
+                    reason = policy.check_stateful(sample)
+                self._count(sample, reason)
+                yield sample.record, reason
+
+    def _count(self, sample: Sample, reason: str | None) -> None:
+        domain = self._domain(sample)
+        per_domain = self.domain_counts.get(domain)
+        if per_domain is None:
+            per_domain = self.domain_counts[domain] = Counts()
+        if reason is None:
+            self.counts.keep()
+            per_domain.keep()
+        else:
+            self.counts.reject(reason)
+            per_domain.reject(reason)
 
     @staticmethod
     def _domain(sample: Sample) -> str:
@@ -370,3 +413,14 @@ class RuleRunner:
             **self.counts.as_dict(),
             "domains": {domain: c.as_dict() for domain, c in sorted(self.domain_counts.items())},
         }
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -97,22 +97,23 @@ _STOPWORDS = frozenset(
     "a an and are as at be been but by can do does for from has have how i if in into is it its of on or so that "
     "the their then there these this those to was were what when where which who why will with you your".split()
 )
-_RUN_RE = re.compile(f"([{CJK_CHARS}]+)|[^\\W{CJK_CHARS}]+")
+_RUN_RE = re.compile(f"([{CJK_CHARS}]+)|([^\\W{CJK_CHARS}]+)")
 
 
 def _char_ngrams(text: str, n: int, cjk_n: int) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for match in _RUN_RE.finditer(text.lower()):
-        run = match.group()
-        if match.group(1) is None:
-            if run in _STOPWORDS:
+    # All n-grams go into one list and are counted by one Counter call (a C loop), not one update per word.
+    grams: list[str] = []
+    for cjk, word in _RUN_RE.findall(text.lower()):
+        if not cjk:
+            if word in _STOPWORDS:
                 continue
-            run = f" {run} "
+            run = f" {word} "
             size = n
         else:
+            run = cjk
             size = cjk_n
         if len(run) <= size:
-            counts[run] += 1
+            grams.append(run)
         else:
-            counts.update(run[i : i + size] for i in range(len(run) - size + 1))
-    return counts
+            grams += [run[i : i + size] for i in range(len(run) - size + 1)]
+    return Counter(grams)

@@ -64,16 +64,22 @@ class NgramRepetitionFilter(Filter):
         # Fast exit for the common clean case: if no n-gram of the smallest size repeats, no longer one does.
         n0 = self._min_n
         grams = list(zip(*(tokens[i:] for i in range(n0)), strict=False)) if n0 > 1 else tokens
-        if len(set(grams)) == len(grams):
+        distinct = len(set(grams))
+        if distinct == len(grams):
             return None
         lengths = sorted(map(len, tokens), reverse=True)
         total = sum(lengths)
         longest = list(accumulate(lengths))  # longest[n - 1]: most characters any n-gram can have
-        max_count = n_tokens  # an n-gram occurs at most as often as the most frequent shorter n-gram
+        # An n-gram occurs at most as often as the most frequent shorter n-gram, and the most frequent n0-gram at most
+        # once more than the number of repeats (n0-grams minus distinct ones): a bound that skips most counting.
+        max_count = len(grams) - distinct + 1
         for n, max_share in self.top_ngrams.items():
             if n > n_tokens or max_count < 2 or max_count * longest[n - 1] / total <= max_share:
                 continue
-            gram, count = Counter(zip(*(tokens[i:] for i in range(n)), strict=False)).most_common(1)[0]
+            counted = grams if n == n0 else zip(*(tokens[i:] for i in range(n)), strict=False)
+            gram, count = Counter(counted).most_common(1)[0]
+            if n == 1:
+                gram = (gram,)
             if count > 1 and sum(map(len, gram)) * count / total > max_share:
                 return "top_ngram_repetition"
             max_count = count

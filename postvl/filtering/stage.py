@@ -34,8 +34,15 @@ from typing import Any
 from postvl.filtering.base import Sample
 from postvl.filtering.policy import UNTAGGED, Policy, PolicyConfig, RuleRunner
 from postvl.filtering.scoring import ScoreConfig, ScoreThresholds
-from postvl.io import InputFile, Shard, StageWriter, list_inputs, shard_from_env, write_json_atomic
-from postvl.records import check_conversation
+from postvl.io import (
+    InputFile,
+    Shard,
+    StageWriter,
+    list_inputs,
+    shard_from_env,
+    stage_settings,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,38 +107,19 @@ class FilterConfig:
 # Input
 
 
-def is_stage_folder(path: str | Path) -> bool:
-    """A finished stage folder (``stats.json`` and ``manifest.json`` are written last)."""
-    path = Path(path)
-    return path.is_dir() and (path / "manifest.json").is_file() and (path / "stats.json").is_file()
-
-
 def prepare_input(cfg: FilterConfig, shard: Shard, *, progress: bool = True) -> Path:
     """The input as a finished stage folder: the given one, or raw data built into ``OUT/_build`` first."""
-    stages = [is_stage_folder(p) for p in cfg.inputs]
-    if all(stages):
-        if len(cfg.inputs) > 1:
-            raise ValueError(f"give one stage folder, got {len(cfg.inputs)}: {list(cfg.inputs)}")
-        return Path(cfg.inputs[0])
-    if any(stages):
-        raise ValueError(
-            f"inputs mix stage folders and raw data: {list(cfg.inputs)}; give one stage folder or raw data"
-        )
-    from postvl.chatml.build import BuildConfig, run_build
+    from postvl.chatml.build import stage_from_inputs
 
-    out = Path(cfg.out) / BUILD_SUBDIR
-    logger.info("building the raw input into %s first", out)
-    run_build(
-        BuildConfig(inputs=tuple(cfg.inputs), out=str(out), format=cfg.format, media_root=cfg.media_root),
+    return stage_from_inputs(
+        cfg.inputs,
+        Path(cfg.out) / BUILD_SUBDIR,
         shard=shard,
         progress=progress,
+        merge_timeout=cfg.merge_timeout,
+        format=cfg.format,
+        media_root=cfg.media_root,
     )
-    deadline = time.time() + cfg.merge_timeout
-    while not (out / "stats.json").is_file():  # rank 0 writes it once every rank's build shard is done
-        if time.time() > deadline:
-            raise TimeoutError(f"waited {cfg.merge_timeout:.0f}s for {out / 'stats.json'}; did rank 0 fail?")
-        time.sleep(0.5)
-    return out
 
 
 def stage_files(folder: Path) -> list[InputFile]:
@@ -141,21 +129,6 @@ def stage_files(folder: Path) -> list[InputFile]:
         if any((folder / sub).glob("part-*.parquet")):
             files += list_inputs([folder / sub])
     return files
-
-
-def stage_settings(folder: Path, depth: int = 0) -> tuple[str | None, dict[str, Any] | None]:
-    """Media root and pixel limits from a stage's manifest, following its input stages back to the build."""
-    path = folder / "manifest.json"
-    config = json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
-    media_root, pixels = config.get("media_root"), config.get("pixels")
-    if (media_root is None or pixels is None) and depth < 8:
-        for key in ("input", "inputs", "input_folder"):
-            values = config.get(key)
-            for value in [values] if isinstance(values, str) else values or []:
-                if is_stage_folder(value) and Path(value).resolve() != folder.resolve():
-                    root, pix = stage_settings(Path(value), depth + 1)
-                    media_root, pixels = media_root or root, pixels or pix
-    return media_root, pixels
 
 
 def iter_stage_records(files: list[InputFile], shard: Shard) -> Iterator[tuple[dict[str, Any], str]]:
@@ -207,39 +180,6 @@ def load_policy_config(path: str | Path) -> PolicyConfig:
     return PolicyConfig.from_yaml(path)
 
 
-def stateless_reason(policy: Policy, sample: Sample) -> str | None:
-    """What ``Policy.check`` decides before its stateful (dedup) filters: the contract checks, then each stateless
-    filter of the record's domain. Stateful filters come last in every rule set, so this is a prefix of it."""
-    if not isinstance(sample.record, Mapping):
-        return "malformed_record"
-    reason = check_conversation(sample.record.get("messages"))
-    if reason is not None:
-        return reason
-    try:
-        meta = sample.meta
-    except (TypeError, ValueError):
-        return "malformed_meta"
-    if not isinstance(meta, dict):
-        return "malformed_meta"
-    for filt in policy.for_record(sample):
-        if filt.stateful:
-            break
-        reason = filt.check(sample)
-        if reason is not None:
-            return reason
-    return None
-
-
-def stateful_reason(policy: Policy, sample: Sample) -> str | None:
-    """The rest of ``Policy.check``: the record's stateful filters, for a record every stateless filter kept."""
-    for filt in policy.for_record(sample):
-        if filt.stateful:
-            reason = filt.check(sample)
-            if reason is not None:
-                return reason
-    return None
-
-
 _WORKER: Policy | None = None
 
 
@@ -251,7 +191,7 @@ def _init_worker(config_path: str) -> None:
 
 def _stateless_chunk(views: list[Mapping[str, Any]]) -> list[str | None]:
     assert _WORKER is not None
-    return [stateless_reason(_WORKER, Sample(v)) for v in views]
+    return [_WORKER.check_stateless(Sample(v)) for v in views]
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -296,9 +236,12 @@ def rule_decisions(
 
         for reasons in pool.imap(_stateless_chunk, feed()):
             chunk, views = buffered.popleft()
-            for (record, source), view, reason in zip(chunk, views, reasons, strict=True):
+            samples = [Sample(view) for view in views]
+            # the chunk's survivors are hashed together (near dedup) before they are checked one by one, in order
+            policy.prepare_stateful([s for s, reason in zip(samples, reasons, strict=True) if reason is None])
+            for (record, source), sample, reason in zip(chunk, samples, reasons, strict=True):
                 if reason is None:
-                    reason = stateful_reason(policy, Sample(view))
+                    reason = policy.check_stateful(sample)
                 yield record, source, reason
 
 
