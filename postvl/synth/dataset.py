@@ -360,8 +360,9 @@ def readme(cfg: SynthConfig, records: list[dict[str, Any]]) -> str:
         "and absolute coordinates are the same in the file and in the model input; boxes are `[x1, y1, x2, y2]` with "
         "`x2`, `y2` one past the shape's last pixel.",
         "",
-        "`preference.jsonl` holds DPO pairs in TRL's prompt/chosen/rejected format: a clean record's answer (chosen) vs "
-        "the answer of another record of the same kind with a different gold (rejected: fluent, on topic, wrong).",
+        "`preference.jsonl` holds DPO pairs in TRL's prompt/chosen/rejected format: a clean record's answer "
+        "(chosen) vs the answer of another record of the same kind with a different gold (rejected: fluent, on "
+        "topic, wrong).",
         "",
         "    postvl build OUT/train.jsonl OUT/preference.jsonl --out runs/chatml",
         "",
