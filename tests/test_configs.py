@@ -56,8 +56,11 @@ def test_filter_configs_load_rules_and_scores(path):
     from postvl.filtering.policy import Policy, PolicyConfig
     from postvl.filtering.scoring import ScoreConfig
 
-    Policy(PolicyConfig.from_yaml(path))  # builds every filter: a bad threshold fails here
-    ScoreConfig.from_yaml(path)
+    policy = Policy(PolicyConfig.from_yaml(path))  # builds every filter: a bad threshold fails here
+    untagged = {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]}], "meta": {}}
+    assert policy.for_record(untagged), "the default rule set is empty"
+    scores = ScoreConfig.from_yaml(path)
+    assert scores.backend in (None, "reward_model", "judge")
 
 
 def test_taxonomy_loads_with_8_domains_and_30_subcategories():
