@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from itertools import accumulate
 from typing import Any
 
-from postvl.filtering.base import Filter, Sample
+from postvl.filtering.base import Filter, Sample, tokenize
 
 # Gopher's thresholds: share of characters in the most frequent n-gram, n = 2..4 ...
 GOPHER_TOP_NGRAMS = {2: 0.20, 3: 0.18, 4: 0.16}
@@ -31,6 +31,8 @@ class NgramRepetitionFilter(Filter):
         dup_ngrams: ``{n: max share}``: the n-grams that occur again may cover at most this share of the answer's
             word characters. Defaults to Gopher's ``{5: 0.15, ..., 10: 0.10}``.
         min_tokens: answers with fewer tokens are not measured (the shares are noise on a short answer).
+        ignore_markup: measure the text between HTML/XML tags only: an HTML table repeats ``td`` ``tr`` by design,
+            which is not the degenerate repetition this filter is for (document parsing answers are HTML).
 
     Reasons: ``top_ngram_repetition``, ``duplicate_ngram_repetition``.
     """
@@ -42,6 +44,7 @@ class NgramRepetitionFilter(Filter):
         top_ngrams: Mapping[int, float] | None = None,
         dup_ngrams: Mapping[int, float] | None = None,
         min_tokens: int = 30,
+        ignore_markup: bool = False,
     ) -> None:
         top = dict(GOPHER_TOP_NGRAMS if top_ngrams is None else top_ngrams)
         dup = dict(GOPHER_DUP_NGRAMS if dup_ngrams is None else dup_ngrams)
@@ -54,10 +57,12 @@ class NgramRepetitionFilter(Filter):
         self.top_ngrams = dict(sorted(top.items()))
         self.dup_ngrams = dict(sorted(dup.items()))
         self.min_tokens = min_tokens
+        self.ignore_markup = ignore_markup
         self._min_n = min([*self.top_ngrams, *self.dup_ngrams], default=0)
 
     def check(self, record: Mapping[str, Any] | Sample) -> str | None:
-        tokens = Sample.of(record).answer_tokens
+        sample = Sample.of(record)
+        tokens = tokenize(_MARKUP_RE.sub(" ", sample.answer)) if self.ignore_markup else sample.answer_tokens
         n_tokens = len(tokens)
         if n_tokens < max(self.min_tokens, 1) or not self._min_n:
             return None
@@ -92,6 +97,9 @@ class NgramRepetitionFilter(Filter):
                 if _duplicate_ngram_chars(tokens, n) / total > max_share:
                     return "duplicate_ngram_repetition"
         return None
+
+
+_MARKUP_RE = re.compile(r"<[^<>]{1,200}>")
 
 
 def _duplicate_ngram_chars(tokens: list[str], n: int) -> int:

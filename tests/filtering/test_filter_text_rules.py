@@ -214,3 +214,20 @@ def test_unbalanced(answer, reason):
 )
 def test_mid_sentence(answer, reason):
     assert MidSentenceFilter().check(rec(answer)) == reason
+
+
+def test_ngram_repetition_can_ignore_html_markup():
+    from postvl.filtering.repetition import NgramRepetitionFilter
+
+    cells = ["Year", "Sales", "Region", "2021", "1,250", "North", "2022", "1,410", "South", "2023", "1,630", "East"]
+    rows = ["<tr>" + "".join(f"<td>{c}</td>" for c in cells[i : i + 3]) + "</tr>" for i in range(0, 12, 3)]
+    table = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Parse the table."}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "<table>" + "".join(rows)
+                                                             + "</table>"}]}]}
+    strict = {"top_ngrams": {2: 0.12, 3: 0.10, 4: 0.08}, "min_tokens": 10}
+    assert NgramRepetitionFilter(**strict).check(table) == "top_ngram_repetition"
+    assert NgramRepetitionFilter(**strict, ignore_markup=True).check(table) is None
+    looping = dict(table)
+    looping["messages"] = [table["messages"][0], {"role": "assistant", "content": [
+        {"type": "text", "text": "<table>" + "<tr><td>the same cell</td></tr>" * 12 + "</table>"}]}]
+    assert NgramRepetitionFilter(**strict, ignore_markup=True).check(looping) == "top_ngram_repetition"
