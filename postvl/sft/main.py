@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         (Path(args.output_dir) / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(_summary_table(summary))
+    # Every rank waits for the main process's saving, then the process group is torn down: a rank that just exits
+    # can abort in gloo's background threads ("terminate called without an active exception").
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
 
 
