@@ -681,6 +681,13 @@ class StageWriter:
 # Reading a finished stage
 
 
+def input_paths(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """A stage's ``IN`` as a tuple of paths (one path may be given as a string)."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def is_stage_folder(path: str | Path) -> bool:
     """A finished stage folder (``stats.json`` and ``manifest.json`` are written last)."""
     path = Path(path)

@@ -38,6 +38,7 @@ from postvl.io import (
     InputFile,
     Shard,
     StageWriter,
+    input_paths,
     list_inputs,
     shard_from_env,
     stage_settings,
@@ -88,7 +89,7 @@ class FilterConfig:
     merge_timeout: float = 24 * 3600
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "inputs", tuple([self.inputs] if isinstance(self.inputs, str) else self.inputs))
+        object.__setattr__(self, "inputs", input_paths(self.inputs))
         errors = []
         if not self.inputs:
             errors.append("give an input (a stage folder or raw data)")

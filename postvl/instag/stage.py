@@ -40,6 +40,7 @@ from postvl.io import (
     Shard,
     StageWriter,
     fingerprint_inputs,
+    input_paths,
     list_inputs,
     read_stage,
     shard_from_env,
@@ -131,7 +132,7 @@ class TagConfig:
     def __post_init__(self) -> None:
         from postvl.instag.embedding import ENCODERS
 
-        object.__setattr__(self, "inputs", tuple([self.inputs] if isinstance(self.inputs, str) else self.inputs))
+        object.__setattr__(self, "inputs", input_paths(self.inputs))
         errors = []
         if not self.inputs:
             errors.append("give an input (a stage folder or raw data)")

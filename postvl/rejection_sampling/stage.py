@@ -40,6 +40,7 @@ from postvl.io import (
     InputFile,
     Shard,
     StageWriter,
+    input_paths,
     list_inputs,
     read_stage,
     shard_from_env,
@@ -141,7 +142,7 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         from postvl.rejection_sampling.verify import VerifyConfig
 
-        object.__setattr__(self, "inputs", tuple([self.inputs] if isinstance(self.inputs, str) else self.inputs))
+        object.__setattr__(self, "inputs", input_paths(self.inputs))
         errors = []
         if not self.inputs:
             errors.append("give an input (a stage folder or raw data)")
