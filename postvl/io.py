@@ -458,7 +458,9 @@ class StageWriter:
         self.domains: dict[str, int] = {}
         self.fingerprints = fingerprint_inputs(self.inputs)
         self.key = config_hash(self.config, self.fingerprints, self.shard)
-        self._buffers: dict[str, list[dict[str, Any]]] = {"sft": [], "preference": []}
+        # per kind, the buffered kept records in order: runs of row dicts (``keep``) and Arrow tables (``keep_table``)
+        self._pieces: dict[str, list[Any]] = {kind: [] for kind in KIND_DIRS}
+        self._buffered = {kind: 0 for kind in KIND_DIRS}
         self._parts: list[str] = []
         self._chunks = {kind: 0 for kind in KIND_DIRS}
         self._started = time.time()
@@ -534,9 +536,47 @@ class StageWriter:
         if domain:
             self.domains[str(domain)] = self.domains.get(str(domain), 0) + 1
         row["meta"] = encode_meta(meta)
-        self._buffers[kind].append(row)
+        pieces = self._pieces[kind]
+        if not pieces or not isinstance(pieces[-1], list):
+            pieces.append([])
+        pieces[-1].append(row)
         self.counts.keep()
-        if len(self._buffers[kind]) >= self.chunk_size:
+        self._buffered[kind] += 1
+        if self._buffered[kind] >= self.chunk_size:
+            self._flush(kind)
+
+    def keep_table(self, table: Any, domains: Iterable[str | None]) -> None:
+        """Buffer kept records that are already Arrow rows of this stage's schema (written as they are).
+
+        A stage that keeps records unchanged (the rule filters) hands over slices of the batches it read instead of
+        row dicts: no conversion to Python and back.
+
+        Args:
+            table: a ``pyarrow.Table`` or ``RecordBatch`` with the columns of ``record_schema`` for its kind (the
+                columns may come in any order; ``meta`` is the JSON string).
+            domains: each row's ``meta["domain"]`` (``None`` when untagged), for the per-domain counts.
+        """
+        import pyarrow as pa
+
+        self._check_open()
+        kind = "preference" if "chosen" in table.schema.names else "sft"
+        schema = record_schema(kind)
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        names = set(table.schema.names)
+        columns = [
+            table.column(f.name) if f.name in names else pa.nulls(table.num_rows, f.type) for f in schema
+        ]  # a column the input lacks is null, as ``keep`` writes a missing key
+        table = pa.Table.from_arrays(columns, names=list(schema.names)).cast(schema)
+        for domain in domains:
+            if domain:
+                self.domains[str(domain)] = self.domains.get(str(domain), 0) + 1
+        if not table.num_rows:
+            return
+        self._pieces[kind].append(table)
+        self.counts.keep(table.num_rows)
+        self._buffered[kind] += table.num_rows
+        if self._buffered[kind] >= self.chunk_size:
             self._flush(kind)
 
     def reject(
@@ -565,15 +605,31 @@ class StageWriter:
         if self._rejects is None:
             raise RuntimeError("StageWriter is not open (use it in a `with` block) or this shard is already done")
 
-    def _flush(self, kind: str) -> None:
-        rows = self._buffers[kind]
-        if not rows:
+    def _flush(self, kind: str, final: bool = False) -> None:
+        """Write the buffered records of ``kind`` as parts of ``chunk_size`` rows (a smaller last part when final)."""
+        if not self._buffered[kind]:
             return
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         schema = record_schema(kind)
-        table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+        tables = [
+            piece
+            if isinstance(piece, pa.Table)
+            else pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in piece], schema=schema)
+            for piece in self._pieces[kind]
+        ]
+        table = pa.concat_tables(tables)
+        start = 0
+        while table.num_rows - start >= self.chunk_size or (final and start < table.num_rows):
+            self._write_part(kind, table.slice(start, self.chunk_size))
+            start += self.chunk_size
+        rest = table.slice(start)
+        self._pieces[kind] = [rest] if rest.num_rows else []
+        self._buffered[kind] = rest.num_rows
+
+    def _write_part(self, kind: str, table: Any) -> None:
+        import pyarrow.parquet as pq
+
         folder = self.out / KIND_DIRS[kind]
         folder.mkdir(exist_ok=True)
         index = self._chunks[kind] * self.shard.world_size + self.shard.rank
@@ -583,13 +639,12 @@ class StageWriter:
         pq.write_table(table, tmp)
         os.replace(tmp, final)
         self._parts.append(final.relative_to(self.out).as_posix())
-        rows.clear()
 
     def close(self) -> None:
         """Finish this rank (parts, rejects, marker); on rank 0, merge all ranks and write stats and manifest last."""
         if not self.done:
-            for kind in self._buffers:
-                self._flush(kind)
+            for kind in self._pieces:
+                self._flush(kind, final=True)
             assert self._rejects is not None
             self._rejects.flush()
             os.fsync(self._rejects.fileno())

@@ -68,8 +68,8 @@ class Counts:
     def total(self) -> int:
         return self.kept + self.rejected
 
-    def keep(self) -> None:
-        self.kept += 1
+    def keep(self, n: int = 1) -> None:
+        self.kept += n
 
     def reject(self, reason: str) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1

@@ -252,3 +252,38 @@ def test_input_file_options_are_part_of_the_fingerprint(tmp_path):
     assert plain[0]["size"] == 3 and len(plain[0]["sha256"]) == 64
     tagged = pio.fingerprint_inputs([InputFile(str(tmp_path / "a.jsonl"), "jsonl", {"format": "x"})])
     assert tagged[0]["options"] == {"format": "x"}
+
+
+def test_kept_arrow_rows_and_row_dicts_keep_their_order_in_exact_parts(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from postvl.io import record_schema
+    from postvl.records import encode_meta
+
+    schema = record_schema("sft")
+    rows = [_record(i, domain="math" if i % 3 else None) for i in range(12)]
+    for row in rows:
+        row["meta"] = encode_meta(row["meta"])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    out = tmp_path / "stage"
+    with StageWriter(out, stage="t", config={}, chunk_size=5) as writer:
+        writer.keep(rows[0])
+        # rows as read from another stage: any column order, a column missing (null, as `keep` writes it)
+        writer.keep_table(
+            table.slice(1, 6)
+            .drop_columns(["answer_type"])
+            .select(["meta", "id", "messages", "images", "videos", "answer", "num_tokens"]),
+            [json.loads(m).get("domain") for m in table.column("meta").to_pylist()[1:7]],
+        )
+        writer.keep(rows[7])
+        writer.keep_table(table.slice(8, 4).to_batches()[0], ["math", "math", None, "math"])
+        writer.keep_table(table.slice(0, 0), [])
+    parts = sorted((out / "data").glob("part-*.parquet"))
+    assert [pq.read_metadata(p).num_rows for p in parts] == [5, 5, 2]
+    assert all(pq.read_schema(p).equals(schema) for p in parts)
+    back = list(read_stage(out))
+    assert [r["id"] for r in back] == [f"r{i}" for i in range(12)]
+    assert back[3]["meta"] == {"source": "x.jsonl:3", "domain": None} and back[4]["meta"]["domain"] == "math"
+    stats = read_stats(out)
+    assert (stats["total"], stats["kept"]) == (12, 12) and stats["domains"] == {"math": 8}

@@ -260,6 +260,8 @@ class Policy:
             # Stateful filters last (stable order otherwise), so that only records that pass everything else are
             # remembered as "first occurrences".
             self._rules[key] = sorted(built, key=lambda f: f.stateful)
+        # (domain, subcategory) as found in meta -> (stateless filters, stateful filters): routing is a dict lookup
+        self._routes: dict[tuple[Any, Any], tuple[list[Filter], list[Filter]]] = {}
         if errors:
             raise ValueError("invalid filter policy:\n  " + "\n  ".join(errors))
         logger.debug("filter policy: %d rule sets, %d filter instances", len(self._rules), len(instances))
@@ -281,6 +283,21 @@ class Policy:
         """The filters that apply to a record, by its ``meta["domain"]`` and ``meta["subcategory"]``."""
         meta = Sample.of(record).meta
         return self.filters_for(_str_or_none(meta.get("domain")), _str_or_none(meta.get("subcategory")))
+
+    def _route(self, meta: dict[str, Any]) -> tuple[list[Filter], list[Filter]]:
+        """``for_record`` split into stateless and stateful filters, remembered per (domain, subcategory)."""
+        key = (meta.get("domain"), meta.get("subcategory"))
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable meta value: routed like any other non-string, not remembered
+            key = None
+        filters = self.filters_for(_str_or_none(key[0] if key else None), _str_or_none(key[1] if key else None))
+        route = [f for f in filters if not f.stateful], [f for f in filters if f.stateful]
+        if key is not None and len(self._routes) < 4096:  # distinct tags are few; a flood of odd values is not kept
+            self._routes[key] = route
+        return route
 
     def check(self, record: Mapping[str, Any] | Sample) -> str | None:
         """``None`` to keep the record, else the reason code of the first filter that rejects it.
@@ -308,9 +325,7 @@ class Policy:
             return "malformed_meta"
         if not isinstance(meta, dict):
             return "malformed_meta"
-        for filt in self.for_record(sample):
-            if filt.stateful:
-                break
+        for filt in self._route(meta)[0]:
             reason = filt.check(sample)
             if reason is not None:
                 return reason
@@ -318,11 +333,10 @@ class Policy:
 
     def check_stateful(self, sample: Sample) -> str | None:
         """The rest of ``check``: the record's stateful filters, for a record that every stateless filter kept."""
-        for filt in self.for_record(sample):
-            if filt.stateful:
-                reason = filt.check(sample)
-                if reason is not None:
-                    return reason
+        for filt in self._route(sample.meta)[1]:
+            reason = filt.check(sample)
+            if reason is not None:
+                return reason
         return None
 
     def prepare_stateful(self, samples: Iterable[Sample]) -> None:
@@ -330,9 +344,8 @@ class Policy:
         filters, about to go through ``check_stateful`` in this order)."""
         routed: dict[int, tuple[Filter, list[Sample]]] = {}
         for sample in samples:
-            for filt in self.for_record(sample):
-                if filt.stateful:
-                    routed.setdefault(id(filt), (filt, []))[1].append(sample)
+            for filt in self._route(sample.meta)[1]:
+                routed.setdefault(id(filt), (filt, []))[1].append(sample)
         for filt, batch in routed.values():
             filt.prepare(batch)
 

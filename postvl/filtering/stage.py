@@ -132,15 +132,22 @@ def stage_files(folder: Path) -> list[InputFile]:
     return files
 
 
-def iter_stage_records(files: list[InputFile], shard: Shard) -> Iterator[tuple[dict[str, Any], str]]:
-    """``(record, source)`` for this rank's rows of the Parquet parts; ``meta`` stays a JSON string until needed."""
+RowRef = tuple[Any, int]
+"""Where a record was read: its Arrow record batch and its row in it (kept records are written from there)."""
+
+Item = tuple[dict[str, Any], str, RowRef | None]
+"""``(record, source, where it was read)``: what the rules and the writer see of one input row."""
+
+
+def iter_stage_records(files: list[InputFile], shard: Shard) -> Iterator[Item]:
+    """``(record, source, (batch, row))`` for this rank's rows of the Parquet parts, ``meta`` decoded."""
     import pyarrow.parquet as pq
 
     index = 0
     for item in files:
         row = 0
         for batch in pq.ParquetFile(item.path).iter_batches(batch_size=_READ_BATCH):
-            for record in batch.to_pylist():
+            for in_batch, record in enumerate(batch.to_pylist()):
                 if shard.owns(index):
                     # meta is decoded once here and shared by the rules, the scores and the writer; a meta that is
                     # not JSON stays a string and the policy rejects it as malformed_meta
@@ -150,7 +157,7 @@ def iter_stage_records(files: list[InputFile], shard: Shard) -> Iterator[tuple[d
                             record["meta"] = json.loads(meta)
                         except ValueError:
                             pass
-                    yield record, f"{item.path}#{row}"
+                    yield record, f"{item.path}#{row}", (batch, in_batch)
                 index += 1
                 row += 1
 
@@ -206,32 +213,33 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def rule_decisions(
-    cfg: FilterConfig, policy: Policy, items: Iterable[tuple[dict[str, Any], str]]
-) -> Iterator[tuple[dict[str, Any], str, str | None]]:
-    """``(record, source, reason)`` for every record, in input order (``reason`` ``None``: kept by the rules)."""
+Decision = tuple[dict[str, Any], str, RowRef | None, str | None]
+"""An ``Item`` and the rules' reason (``None``: kept by the rules)."""
+
+
+def rule_decisions(cfg: FilterConfig, policy: Policy, items: Iterable[Item]) -> Iterator[Decision]:
+    """``(record, source, ref, reason)`` for every record, in input order."""
     if cfg.num_proc == 1:
-        pending: deque[tuple[dict[str, Any], str]] = deque()
+        pending: deque[Item] = deque()
 
         def views() -> Iterator[Mapping[str, Any]]:
-            for record, source in items:
-                pending.append((record, source))
-                yield rule_view(record)
+            for item in items:
+                pending.append(item)
+                yield rule_view(item[0])
 
         for _, reason in RuleRunner(policy).run(views()):
-            record, source = pending.popleft()
-            yield record, source, reason
+            yield (*pending.popleft(), reason)
         return
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads (tqdm, torch)
     chunks = _chunks(items, _PROC_CHUNK)
     with ctx.Pool(cfg.num_proc, initializer=_init_worker, initargs=(cfg.config,)) as pool:
-        buffered: deque[tuple[list[tuple[dict[str, Any], str]], list[Mapping[str, Any]]]] = deque()
+        buffered: deque[tuple[list[Item], list[Mapping[str, Any]]]] = deque()
 
         def feed() -> Iterator[list[Mapping[str, Any]]]:
             for chunk in chunks:
-                views = [rule_view(r) for r, _ in chunk]
+                views = [rule_view(item[0]) for item in chunk]
                 buffered.append((chunk, views))
                 yield views
 
@@ -240,10 +248,10 @@ def rule_decisions(
             samples = [Sample(view) for view in views]
             # the chunk's survivors are hashed together (near dedup) before they are checked one by one, in order
             policy.prepare_stateful([s for s, reason in zip(samples, reasons, strict=True) if reason is None])
-            for (record, source), sample, reason in zip(chunk, samples, reasons, strict=True):
+            for item, sample, reason in zip(chunk, samples, reasons, strict=True):
                 if reason is None:
                     reason = policy.check_stateful(sample)
-                yield record, source, reason
+                yield (*item, reason)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -345,7 +353,11 @@ class FilterResult:
 
 
 class FilterRun:
-    """One rank's pass: rules, then scores in chunks of survivors, written through a ``StageWriter``."""
+    """One rank's pass: rules, then scores in chunks of survivors, written through a ``StageWriter``.
+
+    Records that leave unchanged (kept by the rules and not scored) are written as the Arrow rows they were read
+    from, a batch at a time; scored records gain ``meta.scores`` and are written from their dicts.
+    """
 
     def __init__(self, cfg: FilterConfig, writer: StageWriter, scorer: Any, thresholds: ScoreThresholds | None):
         self.cfg = cfg
@@ -354,10 +366,13 @@ class FilterRun:
         self.thresholds = thresholds
         self.funnel = Funnel()
         self._pending: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
+        self._batch: Any = None  # the Arrow batch whose kept rows are being collected
+        self._rows: list[int] = []
+        self._row_domains: list[str | None] = []
 
-    def run(self, decisions: Iterable[tuple[dict[str, Any], str, str | None]], bar: Any = None) -> None:
+    def run(self, decisions: Iterable[Decision], bar: Any = None) -> None:
         n = 0
-        for n, (record, source, reason) in enumerate(decisions, 1):
+        for n, (record, source, ref, reason) in enumerate(decisions, 1):
             meta = record.get("meta")
             if not isinstance(meta, dict):
                 meta = {}
@@ -367,16 +382,34 @@ class FilterRun:
             if reason is not None:
                 self._reject(record, source, reason)
             elif self.scorer is None or "chosen" in record:
-                self.writer.keep(record)
+                self._keep_unchanged(record, ref, meta.get("domain"))
             else:
                 self._pending.append((record, source, meta))
                 if len(self._pending) >= self.cfg.score_chunk:
                     self.flush()
             if bar is not None and n % 256 == 0:
                 bar.update(256)
+        self._write_rows()
         self.flush()
         if bar is not None:
             bar.update(n % 256)
+
+    def _keep_unchanged(self, record: dict[str, Any], ref: RowRef | None, domain: Any) -> None:
+        if ref is None:
+            self.writer.keep(record)
+            return
+        batch, row = ref
+        if batch is not self._batch:
+            self._write_rows()
+            self._batch = batch
+        self._rows.append(row)
+        self._row_domains.append(domain if isinstance(domain, str) else None)
+
+    def _write_rows(self) -> None:
+        """Hand the collected kept rows of the current batch to the writer."""
+        if self._rows:
+            self.writer.keep_table(self._batch.take(self._rows), self._row_domains)
+        self._batch, self._rows, self._row_domains = None, [], []
 
     def flush(self) -> None:
         """Score the collected survivors and write each as kept or ``low_score_*`` / ``unparseable_judgement``."""
@@ -468,7 +501,7 @@ def run_filter(
             run = FilterRun(cfg, writer, scorer if scoring else None, thresholds)
             items = iter_stage_records(files, shard)
             if cfg.only == "scores":
-                decisions = ((record, source, None) for record, source in items)
+                decisions = ((*item, None) for item in items)
             else:
                 decisions = rule_decisions(cfg, Policy(policy_config), items)
             bar = tqdm(desc="filter", unit="rec", disable=not (progress and shard.is_main) or None, mininterval=1.0)

@@ -84,6 +84,23 @@ def test_rules_stage_funnel_reasons_routing_and_resume(tmp_path, built_filter_da
     assert again.skipped and again.stats == stats
 
 
+def test_kept_records_are_written_as_they_were_read(tmp_path, built_filter_dataset):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "clean"
+    run_filter(
+        FilterConfig(inputs=(str(built_filter_dataset),), out=str(out), config=str(DEFAULT_CONFIG), chunk_size=3),
+        progress=False,
+    )
+    rows_in = {r["id"]: r for r in pq.read_table(built_filter_dataset / "data").to_pylist()}
+    parts = sorted((out / "data").glob("part-*.parquet"))
+    rows_out = [r for part in parts for r in pq.read_table(part).to_pylist()]
+    assert len(rows_out) == sum(1 for reason in EXPECTED.values() if reason is None)
+    assert [pq.read_metadata(p).num_rows for p in parts[:-1]] == [3] * (len(parts) - 1)
+    assert all(row == rows_in[row["id"]] for row in rows_out)  # meta string and all, byte for byte
+    assert [r["id"] for r in rows_out] == [rid for rid in rows_in if rid in {r["id"] for r in rows_out}]
+
+
 def test_raw_input_is_built_in_process_first(tmp_path, raw_filter_dataset):
     out = tmp_path / "clean"
     result = run_filter(
