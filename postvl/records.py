@@ -128,22 +128,39 @@ def count_media_parts(messages: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 def check_conversation(messages: Any) -> str | None:
-    """Structural check of a ``messages`` list; returns a reason code or ``None`` when it is well formed."""
+    """Structural check of a ``messages`` list; returns a reason code or ``None`` when it is well formed.
+
+    The first broken turn decides (``invalid_role``, ``empty_turn``, ``invalid_content_part``, ``non_text_text``);
+    only a conversation whose turns are all well formed is then judged as a whole (``misplaced_system_turn``,
+    ``no_assistant_turn``). One pass over the turns does both.
+    """
     if not isinstance(messages, list) or not messages:
         return "empty_conversation"
-    for msg in messages:
-        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+    misplaced_system = has_assistant = False
+    for index, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            return "invalid_role"
+        role = msg.get("role")
+        if role == "assistant":
+            has_assistant = True
+        elif role == "system":
+            misplaced_system = misplaced_system or index > 0
+        elif role not in ROLES:
             return "invalid_role"
         content = msg.get("content")
         if not isinstance(content, list) or not content:
             return "empty_turn"
         for part in content:
-            if not isinstance(part, dict) or part.get("type") not in PART_TYPES:
+            if not isinstance(part, dict):
                 return "invalid_content_part"
-            if part["type"] == "text" and not isinstance(part.get("text"), str):
-                return "non_text_text"
-    if any(m["role"] == "system" for m in messages[1:]):
+            kind = part.get("type")
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    return "non_text_text"
+            elif kind not in PART_TYPES:
+                return "invalid_content_part"
+    if misplaced_system:
         return "misplaced_system_turn"
-    if not any(m["role"] == "assistant" for m in messages):
+    if not has_assistant:
         return "no_assistant_turn"
     return None

@@ -30,15 +30,28 @@ CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 CJK_RE = re.compile(f"[{CJK_CHARS}]")
 # One token: a single CJK character, or a run of other word characters (letters, digits, underscore, Hangul).
 TOKEN_RE = re.compile(f"[{CJK_CHARS}]|[^\\W{CJK_CHARS}]+")
-# The same tokens as TOKEN_RE, found faster: in ASCII text (no CJK) a token is a run of word characters, and the
-# word-run alternative first matches the commoner case sooner.
-_ASCII_TOKEN_RE = re.compile(r"\w+")
+# The same tokens as TOKEN_RE, found faster: the word-run alternative first matches the commoner case sooner.
 _TOKEN_RE_FAST = re.compile(f"[^\\W{CJK_CHARS}]+|[{CJK_CHARS}]")
+# ASCII text has no CJK, so its tokens are the runs of word characters: mapping every other ASCII character to a
+# space and splitting on whitespace finds the same runs (no word character is whitespace) at a third of the cost of
+# a regex scan, which builds a match for every token.
+_ASCII_NON_WORD_TO_SPACE = "".join(c if re.match(r"\w", c) else " " for c in map(chr, range(128)))
+# Text whose only word characters are CJK (Chinese or Japanese prose with punctuation): its tokens are its CJK
+# characters, left once everything else is deleted.
+_NON_CJK_WORD_RE = re.compile(f"[^\\W{CJK_CHARS}]")
+_NON_CJK_RUN_RE = re.compile(f"[^{CJK_CHARS}]+")
 
 
 def tokenize(text: str) -> list[str]:
-    """Words for space-separated scripts, single characters for CJK; punctuation and spaces are dropped."""
-    return _ASCII_TOKEN_RE.findall(text) if text.isascii() else _TOKEN_RE_FAST.findall(text)
+    """Words for space-separated scripts, single characters for CJK; punctuation and spaces are dropped.
+
+    The tokens are ``TOKEN_RE.findall(text)``, found by the cheapest way that gives the same list for the text.
+    """
+    if text.isascii():
+        return text.translate(_ASCII_NON_WORD_TO_SPACE).split()
+    if not _NON_CJK_WORD_RE.search(text):
+        return list(_NON_CJK_RUN_RE.sub("", text))
+    return _TOKEN_RE_FAST.findall(text)
 
 
 class Sample:

@@ -13,8 +13,9 @@ class HarmfulFilter(Filter):
     """Rejects an answer (and optionally a query) that contains a phrase of a harmful-content lexicon.
 
     Phrases with CJK characters match as substrings (CJK text has no word boundaries); other phrases match whole
-    words, case-insensitively, with any run of whitespace between their words. Matching is a substring search per
-    phrase on the lower-cased, whitespace-collapsed text, and a precompiled word-boundary pattern confirms a hit.
+    words, case-insensitively, with any run of whitespace between their words. A text that holds no phrase's longest
+    word is passed at once; otherwise matching is a substring search per phrase on the lower-cased,
+    whitespace-collapsed text, and a precompiled word-boundary pattern confirms a hit.
 
     Args:
         phrases: the lexicon (from the config; ``configs/filters/default.yaml`` ships a small default list).
@@ -35,11 +36,27 @@ class HarmfulFilter(Filter):
         self._words = tuple(p for p in cleaned if not CJK_RE.search(p))
         words = "|".join(re.escape(p) for p in sorted(self._words, key=len, reverse=True))
         self._word_re = re.compile(rf"(?<!\w)(?:{words})(?!\w)") if words else None
+        # One anchor per phrase, its longest word (the last of equal ones): a phrase in the normalised text has each
+        # of its words inside one whitespace-free stretch of it, which the lower-cased text holds unchanged.
+        anchors = sorted({max(reversed(p.split()), key=len) for p in cleaned})
+        self._ascii_anchors = tuple(a for a in anchors if a.isascii())
+        # The others (CJK ones) begin with characters that few positions of any text hold, which one pattern skips
+        # over faster than a substring search per anchor; ASCII anchors begin with common letters, where separate
+        # substring searches are faster.
+        other = "|".join(re.escape(a) for a in anchors if not a.isascii())
+        self._other_anchor_re = re.compile(other) if other else None
 
     def _matches(self, text: str) -> bool:
         if not text:
             return False
-        norm = " ".join(text.lower().split())
+        low = text.lower()
+        # A screen on the lower-cased text: most texts hold no anchor, so they are never normalised or matched phrase
+        # by phrase. An ASCII text holds no non-ASCII anchor.
+        if not any(map(low.__contains__, self._ascii_anchors)) and (
+            low.isascii() or self._other_anchor_re is None or not self._other_anchor_re.search(low)
+        ):
+            return False
+        norm = " ".join(low.split())
         if any(p in norm for p in self._cjk):
             return True
         # The substring test is a cheap screen; the pattern then asks for whole words.
@@ -105,8 +122,9 @@ class CodeSwitchingFilter(Filter):
 
     def check(self, record: Mapping[str, Any] | Sample) -> str | None:
         text = Sample.of(record).answer
-        # Most answers are in one script: no CJK, or no lower-case Latin word, means nothing to measure.
-        if not CJK_RE.search(text) or not _LATIN_WORD_RE.search(text):
+        # Most answers are in one script: no CJK (as in any ASCII text), or no lower-case Latin word, means nothing
+        # to measure.
+        if text.isascii() or not CJK_RE.search(text) or not _LATIN_WORD_RE.search(text):
             return None
         if "```" in text or "~~~" in text:
             text = FENCE_BLOCK_RE.sub("\n", text)

@@ -187,7 +187,8 @@ class HtmlFilter(Filter):
     The HTML is taken from ```` ```html ```` blocks when there are any, else the whole answer. Every element
     except the void ones (``br``, ``img``, ...) must be closed, in order; HTML's optional end tags (``</p>``,
     ``</li>``) are required too, as generated document HTML always writes them. Parsed with the standard library's
-    ``html.parser``.
+    ``html.parser``; plain markup (tags with double-quoted attributes and text, as generated HTML is written) is
+    read with one regex instead, which finds the same tags in a fraction of the time.
 
     Args:
         require: reject an answer with no HTML tag at all (for document parsing tasks).
@@ -207,6 +208,9 @@ class HtmlFilter(Filter):
         html = "\n".join(blocks)
         if not _TAG_RE.search(html):
             return "missing_html" if self.require else None
+        tags = _simple_tags(html)
+        if tags is not None:
+            return "malformed_html" if _unbalanced(tags) else None
         parser = self._parser
         parser.reset()
         parser.feed(html)
@@ -214,6 +218,56 @@ class HtmlFilter(Filter):
         if parser.error or parser.stack:
             return "malformed_html"
         return None
+
+
+# Plain markup, as generated document HTML is written: start tags with double-quoted attributes (self-closing or
+# not) and end tags, nothing else that starts with "<". Whitespace is the set that ends a tag name in
+# ``html.parser`` (which reads any other character, "\v" or a no-break space, as part of the name).
+_WS = "[ \t\n\r\f]"
+_SIMPLE_TAG_RE = re.compile(
+    f"<(?:/([a-zA-Z][a-zA-Z0-9]*){_WS}*"
+    f'|([a-zA-Z][a-zA-Z0-9]*)(?:{_WS}+[a-zA-Z_:][-.:a-zA-Z0-9_]*(?:="[^"<>]*")?)*{_WS}*(/?))>'
+)
+# Elements whose content ``html.parser`` reads as text (script, style), and those that later versions or other
+# parsers read as raw or escapable text: their content is not plain markup.
+_TEXT_ELEMENTS = frozenset("script style textarea title xmp iframe noembed noframes noscript plaintext".split())
+
+
+def _simple_tags(html: str) -> list[tuple[str, str, str]] | None:
+    """The tags of plain markup, which ``html.parser`` reads as exactly these start and end tags.
+
+    Returns:
+        The tags in order as ``(end name, start name, "/" if self-closing)``, or ``None`` when the text holds
+        anything that takes the parser's general rules: another use of "<" (a comment, a declaration, "a < b", a tag
+        of another shape), a character reference that starts "&#" (a malformed one makes the parser take the rest
+        of the text for data), or an element whose content is text.
+    """
+    if "&#" in html:
+        return None
+    tags = _SIMPLE_TAG_RE.findall(html)
+    if len(tags) != html.count("<"):
+        return None
+    if any((end or start).lower() in _TEXT_ELEMENTS for end, start, _ in tags):
+        return None
+    return tags
+
+
+def _unbalanced(tags: list[tuple[str, str, str]]) -> bool:
+    """What ``_TagBalance`` decides for these tags (``_simple_tags``).
+
+    Unbalanced: an end tag that does not close the innermost open element, or elements left open. A self-closing
+    tag is a start tag and its end tag (or a void element), so it changes nothing.
+    """
+    stack: list[str] = []
+    for end, start, self_closing in tags:
+        if start:
+            if not self_closing and (tag := start.lower()) not in _VOID_TAGS:
+                stack.append(tag)
+        elif (tag := end.lower()) not in _VOID_TAGS:
+            if not stack or stack[-1] != tag:
+                return True
+            stack.pop()
+    return bool(stack)
 
 
 _PYTHON_TAGS = frozenset({"python", "py", "python3"})

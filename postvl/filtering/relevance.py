@@ -6,11 +6,14 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
+from functools import lru_cache, partial
+from itertools import chain, repeat
+from operator import mul
 from typing import Any
 
 import numpy as np
 
-from postvl.filtering.base import CJK_CHARS, Filter, Sample
+from postvl.filtering.base import CJK_CHARS, Filter, Sample, tokenize
 
 Embed = Callable[[list[str]], np.ndarray]
 """``embed(texts) -> array of shape (len(texts), dim)``; any sentence-embedding backend fits."""
@@ -86,10 +89,11 @@ def lexical_similarity(a: str, b: str, ngram_size: int = 3, cjk_ngram_size: int 
         return 0.0
     if len(va) > len(vb):
         va, vb = vb, va
-    dot = sum(count * vb[gram] for gram, count in va.items() if gram in vb)
+    # Integer sums, so the order of the terms does not matter; `map` keeps the loops in C.
+    dot = sum(map(mul, va.values(), map(vb.get, va, repeat(0))))
     if not dot:
         return 0.0
-    return dot / math.sqrt(sum(c * c for c in va.values()) * sum(c * c for c in vb.values()))
+    return dot / math.sqrt(sum(map(mul, va.values(), va.values())) * sum(map(mul, vb.values(), vb.values())))
 
 
 # Function words carry no topic; their n-grams would make any two English texts look alike.
@@ -97,23 +101,36 @@ _STOPWORDS = frozenset(
     "a an and are as at be been but by can do does for from has have how i if in into is it its of on or so that "
     "the their then there these this those to was were what when where which who why will with you your".split()
 )
-_RUN_RE = re.compile(f"([{CJK_CHARS}]+)|([^\\W{CJK_CHARS}]+)")
+_WORD_RUN_RE = re.compile(f"[^\\W{CJK_CHARS}]+")
+_CJK_RUN_RE = re.compile(f"[{CJK_CHARS}]+")
+# Words recur across records (a few thousand make up most running text), so the n-grams of each are computed once
+# and kept, a bounded number per n-gram size; runs of CJK text are clauses, which seldom recur, and are not kept.
+_WORD_CACHE_SIZE = 4096
+_word_grams_by_size: dict[int, Callable[[str], tuple[str, ...]]] = {}
 
 
 def _char_ngrams(text: str, n: int, cjk_n: int) -> Counter[str]:
-    # All n-grams go into one list and are counted by one Counter call (a C loop), not one update per word.
-    grams: list[str] = []
-    for cjk, word in _RUN_RE.findall(text.lower()):
-        if not cjk:
-            if word in _STOPWORDS:
-                continue
-            run = f" {word} "
-            size = n
-        else:
-            run = cjk
-            size = cjk_n
-        if len(run) <= size:
-            grams.append(run)
-        else:
-            grams += [run[i : i + size] for i in range(len(run) - size + 1)]
+    low = text.lower()
+    word_grams = _word_grams_by_size.get(n) or _word_grams_by_size.setdefault(
+        n, lru_cache(maxsize=_WORD_CACHE_SIZE)(partial(_word_ngrams, n=n))
+    )
+    # The words are the runs of word characters outside CJK; in ASCII text, the tokens.
+    words = tokenize(low) if low.isascii() else _WORD_RUN_RE.findall(low)
+    grams = list(chain.from_iterable(map(word_grams, words)))
+    if not low.isascii():
+        for run in _CJK_RUN_RE.findall(low):
+            if len(run) <= cjk_n:
+                grams.append(run)
+            else:
+                grams += [run[i : i + cjk_n] for i in range(len(run) - cjk_n + 1)]
     return Counter(grams)
+
+
+def _word_ngrams(word: str, n: int) -> tuple[str, ...]:
+    """The character n-grams of a word padded with a space on each side; none for a stopword."""
+    if word in _STOPWORDS:
+        return ()
+    run = f" {word} "
+    if len(run) <= n:
+        return (run,)
+    return tuple(run[i : i + n] for i in range(len(run) - n + 1))

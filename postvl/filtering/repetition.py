@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping
-from itertools import accumulate
+from collections.abc import Hashable, Iterable, Mapping
+from itertools import accumulate, count, repeat
+from operator import add, mul, ne
 from typing import Any
 
 from postvl.filtering.base import Filter, Sample, tokenize
@@ -24,6 +25,9 @@ GOPHER_DUP_NGRAMS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
 
 class NgramRepetitionFilter(Filter):
     """Rejects an answer whose n-grams repeat too much (model loops, copy-paste padding).
+
+    The statistics are computed only where a bound (from how many of the shortest n-grams repeat, and where) leaves
+    them a chance to pass their threshold; the decision is that of computing them all.
 
     Args:
         top_ngrams: ``{n: max share}``: the most frequent n-gram (if it occurs more than once) may cover at most this
@@ -59,62 +63,130 @@ class NgramRepetitionFilter(Filter):
         self.min_tokens = min_tokens
         self.ignore_markup = ignore_markup
         self._min_n = min([*self.top_ngrams, *self.dup_ngrams], default=0)
+        self._min_tokens = max(min_tokens, 1)
 
     def check(self, record: Mapping[str, Any] | Sample) -> str | None:
         sample = Sample.of(record)
-        tokens = tokenize(_MARKUP_RE.sub(" ", sample.answer)) if self.ignore_markup else sample.answer_tokens
-        n_tokens = len(tokens)
-        if n_tokens < max(self.min_tokens, 1) or not self._min_n:
-            return None
-        # Fast exit for the common clean case: if no n-gram of the smallest size repeats, no longer one does.
+        text = _MARKUP_RE.sub(" ", sample.answer) if self.ignore_markup else sample.answer
         n0 = self._min_n
-        grams = list(zip(*(tokens[i:] for i in range(n0)), strict=False)) if n0 > 1 else tokens
-        distinct = len(set(grams))
-        if distinct == len(grams):
+        # A token is at least one character: a text shorter than `min_tokens` is not tokenized.
+        if len(text) < self._min_tokens or not n0:
             return None
-        lengths = sorted(map(len, tokens), reverse=True)
+        tokens = tokenize(text) if self.ignore_markup else sample.answer_tokens
+        if len(tokens) < self._min_tokens:
+            return None
+        # Every statistic needs an n-gram (n >= n0) that occurs twice, hence an n0-gram that occurs twice.
+        ids, repeats = _first_positions(_ngrams(tokens, n0))
+        if not repeats:
+            return None
+        # Bounds that skip most counting. `repeats` n0-grams are later occurrences of an n0-gram. A later occurrence
+        # of an n-gram at j makes the n0-grams at j .. j + n - n0 later occurrences too, so an n-gram that occurs
+        # k >= 2 times has k - 1 later occurrences at distinct starts whose n0-grams cover k - 1 + n - n0 of the
+        # `repeats`: k <= repeats + 1 - (n - n0). And no n-gram longer than n0 - 1 + (the longest run of later
+        # n0-gram occurrences) occurs twice.
+        lengths = sorted(map(len, tokens))
         total = sum(lengths)
-        longest = list(accumulate(lengths))  # longest[n - 1]: most characters any n-gram can have
-        # An n-gram occurs at most as often as the most frequent shorter n-gram, and the most frequent n0-gram at most
-        # once more than the number of repeats (n0-grams minus distinct ones): a bound that skips most counting.
-        max_count = len(grams) - distinct + 1
+        chars: list[int] = []  # chars[i]: word characters of the first i tokens, once needed
+        known = {n0: ids}  # n-gram numbers by n, once needed
+        longest = n0  # the longest n-gram that can occur twice, once the run is measured
+        max_count = repeats + 1  # an n-gram occurs at most as often as its most frequent prefix
         for n, max_share in self.top_ngrams.items():
-            if n > n_tokens or max_count < 2 or max_count * longest[n - 1] / total <= max_share:
+            bound = min(max_count, repeats + 1 - (n - n0))  # shrinks as n grows
+            if bound < 2:
+                break
+            # `lengths[-n:]`: the most word characters an n-gram can have.
+            if bound * sum(lengths[-n:]) / total <= max_share:
                 continue
-            counted = grams if n == n0 else zip(*(tokens[i:] for i in range(n)), strict=False)
-            gram, count = Counter(counted).most_common(1)[0]
-            if n == 1:
-                gram = (gram,)
-            if count > 1 and sum(map(len, gram)) * count / total > max_share:
+            if n > longest:
+                longest = n0 - 1 + _longest_run(ids)
+                if n > longest:
+                    break
+            chars = chars or list(accumulate(map(len, tokens), initial=0))
+            keys = _ngram_ids(ids, n0, n, known)
+            key, count = Counter(keys).most_common(1)[0]  # the first to occur of the most frequent, as for tuples
+            start = keys.index(key)
+            if count > 1 and (chars[start + n] - chars[start]) * count / total > max_share:
                 return "top_ngram_repetition"
             max_count = count
-        if self.dup_ngrams:
-            first = next(iter(self.dup_ngrams))
-            grams = list(zip(*(tokens[i:] for i in range(first)), strict=False))
-            if len(set(grams)) == len(grams):
-                return None
-            for n, max_share in self.dup_ngrams.items():
-                if _duplicate_ngram_chars(tokens, n) / total > max_share:
-                    return "duplicate_ngram_repetition"
+        for n, max_share in self.dup_ngrams.items():
+            if n - n0 >= repeats:  # no n-gram this long occurs twice (the bound above with k = 2)
+                break
+            if n > longest:
+                longest = n0 - 1 + _longest_run(ids)
+                if n > longest:
+                    break
+            chars = chars or list(accumulate(map(len, tokens), initial=0))
+            duplicated = _duplicate_chars(_ngram_ids(ids, n0, n, known), n, chars, max_share)
+            if duplicated / total > max_share:
+                return "duplicate_ngram_repetition"
+            if not duplicated:  # no n-gram occurs twice, so no longer one does
+                break
         return None
 
 
 _MARKUP_RE = re.compile(r"<[^<>]{1,200}>")
 
 
-def _duplicate_ngram_chars(tokens: list[str], n: int) -> int:
-    """Characters of n-grams seen before, scanning left to right and skipping over each duplicate (as Gopher)."""
-    grams = list(zip(*(tokens[i:] for i in range(n)), strict=False))
-    seen: set[tuple[str, ...]] = set()
+def _ngrams(tokens: list[str], n: int) -> Iterable[Any]:
+    """The n-grams of ``tokens`` in order: tuples, or the tokens themselves for n = 1."""
+    if n == 1:
+        return tokens
+    return zip(*(tokens[i:] for i in range(n)), strict=False)
+
+
+def _first_positions(grams: Iterable[Hashable]) -> tuple[list[int], int]:
+    """Numbers the n-grams by where each first occurs.
+
+    Returns:
+        For each position, the position of the first occurrence of its n-gram (equal n-grams get equal numbers,
+        each below the number of n-grams), and how many positions are not the first occurrence of theirs.
+    """
+    index: dict[Hashable, int] = {}
+    ids = list(map(index.setdefault, grams, count()))
+    return ids, len(ids) - len(index)
+
+
+def _longest_run(ids: list[int]) -> int:
+    """The longest run of positions whose n-gram occurred before (``ids`` from ``_first_positions``)."""
+    return max(map(len, bytes(map(ne, ids, count())).split(b"\x00")))
+
+
+def _ngram_ids(ids: list[int], n0: int, n: int, known: dict[int, list[int]]) -> list[int]:
+    """Numbers that identify the n-grams (n >= n0), one per position, from the n0-gram numbers ``ids``.
+
+    The n-gram at i is the shorter gram at i (n minus a step of at most n0) and the n0-gram at i + n - n0, which
+    together cover its tokens; each n0-gram number is below ``len(ids)``, so ``shorter * len(ids) + last`` tells
+    n-grams apart as tuples of tokens would, with integers that hash and compare faster and no tuple to allocate.
+    ``known`` holds the numbers worked out so far (``{n0: ids}`` to start), so sizes build on each other.
+    """
+    keys = known.get(n)
+    if keys is None:
+        shorter = n - ((n - n0) % n0 or n0)
+        keys = list(map(add, map(mul, _ngram_ids(ids, n0, shorter, known), repeat(len(ids))), ids[n - n0 :]))
+        known[n] = keys
+    return keys
+
+
+def _duplicate_chars(keys: list[int], n: int, chars: list[int], max_share: float) -> int:
+    """Characters of n-grams seen before, scanning left to right and skipping over each duplicate (as Gopher).
+
+    ``keys`` identify the n-grams (``_ngram_ids``) and ``chars[i]`` counts the word characters of the first i
+    tokens. The count only grows, so the scan stops once it is above ``max_share`` of all characters: the result
+    is then above the share too, which is all the caller asks.
+    """
+    total = chars[-1]
+    seen: set[int] = set()
     repeated = idx = 0
-    end = len(grams)
+    end = len(keys)
     while idx < end:
-        gram = grams[idx]
-        if gram in seen:
-            repeated += sum(map(len, gram))
+        key = keys[idx]
+        if key in seen:
+            repeated += chars[idx + n] - chars[idx]
+            if repeated / total > max_share:
+                break
             idx += n
         else:
-            seen.add(gram)
+            seen.add(key)
             idx += 1
     return repeated
 
@@ -183,7 +255,7 @@ class CharRepetitionFilter(Filter):
         exempt: characters allowed to run (markdown rules and fills, dots, digits).
         max_unit_repeats: most times a 2-10 character unit that contains a letter may repeat right after itself
             (``max_unit_repeats + 1`` copies in a row are rejected); ``None`` (the default) turns the unit check
-            off: it costs a regex pass that tries every unit length at every position, about four times the rest of
+            off: it costs a regex pass that tries every unit length at every position, several times the rest of
             the filter, and the n-gram filter already catches repeated words.
 
     Reasons: ``char_repetition``, ``substring_repetition``.
@@ -201,14 +273,24 @@ class CharRepetitionFilter(Filter):
         self.max_run = max_run
         self.exempt = exempt
         self.max_unit_repeats = max_unit_repeats
-        self._run_re = re.compile(f"([^\\s{re.escape(exempt)}])\\1{{{max_run},}}")
+        # A run of c is `c * (max_run + 1)` in the text, for a c that is neither whitespace nor exempt. Such a run
+        # holds two consecutive multiples of `_stride` (at most half its length), so c is then a character that
+        # follows itself in the sample `text[::_stride]`: a scan of the sample (a fraction of the text) finds the
+        # few characters worth a substring search, instead of a back-reference at every position of the text.
+        self._stride = (max_run + 1) // 2
+        self._pair_re = re.compile(f"([^\\s{re.escape(exempt)}])\\1")
+        # The unit pattern, written so that a failed attempt stops at the first back-reference rather than setting up
+        # a repeat: `\1(?:\1){k - 1,}` matches what `\1{k,}` matches, and the same spans.
         self._unit_re = (
-            re.compile(f"(.{{2,10}}?)\\1{{{max_unit_repeats},}}", re.S) if max_unit_repeats is not None else None
+            re.compile(f"(.{{2,10}}?)\\1(?:\\1){{{max_unit_repeats - 1},}}", re.S)
+            if max_unit_repeats is not None
+            else None
         )
 
     def check(self, record: Mapping[str, Any] | Sample) -> str | None:
         text = Sample.of(record).answer
-        if self._run_re.search(text):
+        doubled = set(self._pair_re.findall(text[:: self._stride]))
+        if doubled and any(c * (self.max_run + 1) in text for c in doubled):
             return "char_repetition"
         if self._unit_re is not None:
             for match in self._unit_re.finditer(text):

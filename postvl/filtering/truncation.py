@@ -41,6 +41,7 @@ _END_RE = re.compile(r"\\end\{([^}]*)\}")
 _CURRENCY_RE = re.compile(r"(?<![\\$])\$\d+(?:[.,]\d+)*+(?![\w$^{}\\])")
 _MATH_SPAN_RE = re.compile(r"\$\$.*?\$\$|\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]", re.S)
 _BRACKETS = ("()", "[]", "{}", "（）", "【】", "《》", "「」", "『』")
+_ASCII_BRACKETS = tuple(pair for pair in _BRACKETS if pair.isascii())
 
 
 class UnbalancedFilter(Filter):
@@ -78,8 +79,10 @@ class UnbalancedFilter(Filter):
                 return "unbalanced_latex"
             text = _MATH_SPAN_RE.sub(" ", _CURRENCY_RE.sub(" ", text.replace("\\$", " ")))
         if self.brackets:
-            for pair in _BRACKETS:
-                if text.count(pair[0]) > text.count(pair[1]):
+            # Most texts hold no opener of a pair, which `in` finds out sooner than two counts; an ASCII text holds
+            # none of the full-width ones.
+            for opener, closer in _ASCII_BRACKETS if text.isascii() else _BRACKETS:
+                if opener in text and text.count(opener) > text.count(closer):
                     return "unbalanced_brackets"
         return None
 

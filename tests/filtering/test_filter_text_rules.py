@@ -221,13 +221,250 @@ def test_ngram_repetition_can_ignore_html_markup():
 
     cells = ["Year", "Sales", "Region", "2021", "1,250", "North", "2022", "1,410", "South", "2023", "1,630", "East"]
     rows = ["<tr>" + "".join(f"<td>{c}</td>" for c in cells[i : i + 3]) + "</tr>" for i in range(0, 12, 3)]
-    table = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Parse the table."}]},
-                          {"role": "assistant", "content": [{"type": "text", "text": "<table>" + "".join(rows)
-                                                             + "</table>"}]}]}
+    table = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Parse the table."}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "<table>" + "".join(rows) + "</table>"}]},
+        ]
+    }
     strict = {"top_ngrams": {2: 0.12, 3: 0.10, 4: 0.08}, "min_tokens": 10}
     assert NgramRepetitionFilter(**strict).check(table) == "top_ngram_repetition"
     assert NgramRepetitionFilter(**strict, ignore_markup=True).check(table) is None
     looping = dict(table)
-    looping["messages"] = [table["messages"][0], {"role": "assistant", "content": [
-        {"type": "text", "text": "<table>" + "<tr><td>the same cell</td></tr>" * 12 + "</table>"}]}]
+    looping["messages"] = [
+        table["messages"][0],
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "<table>" + "<tr><td>the same cell</td></tr>" * 12 + "</table>"}],
+        },
+    ]
     assert NgramRepetitionFilter(**strict, ignore_markup=True).check(looping) == "top_ngram_repetition"
+
+
+# ---- fast paths agree with the plain computations ----
+#
+# The filters take shortcuts (tokenizing without a regex, bounds that skip counting, screens before a full match);
+# each shortcut must decide exactly as the plain computation below does, on tricky inputs and on random ones.
+
+TRICKY_TEXTS = [
+    "",
+    " ",
+    "\n\t \x0b\x0c\x1c\x1d\x1e\x1f",
+    "Hello, world! It's 3:45pm -- snake_case & CamelCase; x2=y**2.",
+    "图片中是一张靠窗的小木桌。桌子上放着一个杯子，杯子是白色的！",
+    "ひらがなとカタカナ、ーー。漢字",
+    "Mixed 中文 and English, 2024年3月3日, 共1,250元。",
+    "한국어 문장입니다. 한국어 문장입니다.",
+    "Café naïve Über ÀÉÎ ß İstanbul Ωmega ½ ² Ⅳ",
+    "ｆｕｌｌ－ｗｉｄｔｈ ＡＢＣ １２３",
+    "<table><tr><td>Q1</td><td>3.2</td></tr></table>",
+    "tabs\tand\u00a0no-break\u3000spaces\u2028line",
+    "emoji 😀 and symbols © ® ™ → ∑",
+]
+
+
+def _random_text(rng, pieces, max_pieces=40):
+    return "".join(rng.choice(pieces) + rng.choice(["", " ", " ", "\n"]) for _ in range(rng.randint(0, max_pieces)))
+
+
+def test_tokenize_fast_paths_match_the_token_pattern():
+    import random
+
+    from postvl.filtering.base import TOKEN_RE, tokenize
+
+    pieces = ["the", "cat", "图", "片", "。", "，", "x_1", "2024", "年", "é", "ß", "가", "ー", "!", "-", "\t", "\x1f"]
+    rng = random.Random(0)
+    texts = TRICKY_TEXTS + [_random_text(rng, pieces) for _ in range(2000)]
+    for text in texts:
+        assert tokenize(text) == TOKEN_RE.findall(text), text
+
+
+def _reference_ngram(filt, text):
+    """Gopher's statistics as they read, with no bound and no shortcut."""
+    import re
+    from collections import Counter
+
+    from postvl.filtering.base import TOKEN_RE
+
+    if filt.ignore_markup:
+        text = re.sub(r"<[^<>]{1,200}>", " ", text)
+    tokens = TOKEN_RE.findall(text)
+    if len(tokens) < max(filt.min_tokens, 1) or not (filt.top_ngrams or filt.dup_ngrams):
+        return None
+    total = sum(map(len, tokens))
+    for n, share in filt.top_ngrams.items():
+        grams = list(zip(*(tokens[i:] for i in range(n))))
+        if grams:
+            gram, count = Counter(grams).most_common(1)[0]
+            if count > 1 and sum(map(len, gram)) * count / total > share:
+                return "top_ngram_repetition"
+    for n, share in filt.dup_ngrams.items():
+        grams = list(zip(*(tokens[i:] for i in range(n))))
+        seen, repeated, idx = set(), 0, 0
+        while idx < len(grams):
+            if grams[idx] in seen:
+                repeated += sum(map(len, grams[idx]))
+                idx += n
+            else:
+                seen.add(grams[idx])
+                idx += 1
+        if repeated / total > share:
+            return "duplicate_ngram_repetition"
+    return None
+
+
+NGRAM_CONFIGS = [
+    {},
+    {"min_tokens": 5},
+    {"min_tokens": 3, "ignore_markup": True},
+    {"top_ngrams": {2: 0.12, 3: 0.10, 4: 0.08}, "dup_ngrams": {5: 0.10, 6: 0.09, 7: 0.08, 8: 0.07}, "min_tokens": 20},
+    {"top_ngrams": {1: 0.3, 3: 0.2}, "dup_ngrams": {2: 0.2, 6: 0.15}, "min_tokens": 4},  # n-gram sizes with gaps
+    {"top_ngrams": {}, "dup_ngrams": {3: 0.1, 4: 0.2}, "min_tokens": 1},
+    {"top_ngrams": {4: 0.05}, "dup_ngrams": {}, "min_tokens": 0},
+]
+
+
+def test_ngram_repetition_bounds_decide_as_the_plain_statistics():
+    import random
+
+    vocabulary = "a bb the of ccc 图 片 中 x1 ñandú <td> </td> , . 。".split() + ["\n"]
+    rng = random.Random(1)
+    texts = TRICKY_TEXTS + [EN, ZH, EN + " " + EN, "The cat sat on the mat and " * 12]
+    for _ in range(1500):
+        words = rng.sample(vocabulary, rng.choice([2, 3, 5, len(vocabulary)]))
+        tokens = [rng.choice(words) for _ in range(rng.randint(0, 90))]
+        if tokens and rng.random() < 0.4:  # a loop: a stretch copied a few times in a row
+            i = rng.randrange(len(tokens))
+            tokens[i:i] = tokens[i : i + rng.randint(1, 12)] * rng.randint(2, 6)
+        texts.append(rng.choice([" ", "", " "]).join(tokens))
+    filters = [NgramRepetitionFilter(**config) for config in NGRAM_CONFIGS]
+    decisions = set()
+    for text in texts:
+        for filt in filters:
+            decision = filt.check(rec(text))
+            assert decision == _reference_ngram(filt, text), (filt, text)
+            decisions.add(decision)
+    assert decisions == {None, "top_ngram_repetition", "duplicate_ngram_repetition"}
+
+
+def test_char_repetition_screens_decide_as_the_plain_patterns():
+    import random
+    import re
+
+    def reference(filt, text):
+        if re.search(f"([^\\s{re.escape(filt.exempt)}])\\1{{{filt.max_run},}}", text):
+            return "char_repetition"
+        if filt.max_unit_repeats is not None:
+            for match in re.finditer(f"(.{{2,10}}?)\\1{{{filt.max_unit_repeats},}}", text, re.S):
+                if re.search(r"[^\W\d_]", match.group(1)):
+                    return "substring_repetition"
+        return None
+
+    units = list("ab!的 \n.-1Aé") + ["ab", "abc", "的的", "xy!", "12", "  ", "\u3000"]
+    rng = random.Random(2)
+    texts = list(TRICKY_TEXTS)
+    for _ in range(3000):
+        parts = []
+        for _ in range(rng.randint(0, 10)):
+            unit = rng.choice(units)
+            parts.append(unit * (rng.randint(1, 16) if rng.random() < 0.4 else 1))
+            parts.append("".join(rng.choice(units) for _ in range(rng.randint(0, 6))))
+        texts.append("".join(parts))
+    filters = [
+        CharRepetitionFilter(),
+        CharRepetitionFilter(max_run=5, max_unit_repeats=5),
+        CharRepetitionFilter(max_run=12),
+        CharRepetitionFilter(max_run=1, max_unit_repeats=2),
+        CharRepetitionFilter(max_run=8, exempt="", max_unit_repeats=3),
+    ]
+    decisions = set()
+    for text in texts:
+        for filt in filters:
+            decision = filt.check(rec(text))
+            assert decision == reference(filt, text), (filt, text)
+            decisions.add(decision)
+    assert decisions == {None, "char_repetition", "substring_repetition"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ("Items (a) and (b) are listed; 函数（即映射", "unbalanced_brackets"),  # full-width in a mixed text
+        ("（甲）和（乙） then f(x", "unbalanced_brackets"),
+        ("（甲）和（乙）以及 f(x) 与 [1, 2]。", None),
+        ("A list [1, 2, 3] and a set {1, 2}.", None),
+        ("Closers alone: 1) 2] 3} ）】》", None),
+    ],
+)
+def test_unbalanced_brackets_in_ascii_and_mixed_text(answer, reason):
+    assert UnbalancedFilter(latex=False).check(rec(answer)) == reason
+
+
+def test_harmful_screen_decides_as_matching_every_phrase():
+    import random
+    import re
+
+    from postvl.filtering import HarmfulFilter
+
+    def reference(phrases, text):
+        cleaned = sorted({" ".join(p.lower().split()) for p in phrases if p and p.strip()})
+        norm = " ".join(text.lower().split())
+        cjk = [p for p in cleaned if re.search("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]", p)]
+        words = [p for p in cleaned if p not in cjk]
+        if any(p in norm for p in cjk):
+            return True
+        alternatives = "|".join(re.escape(p) for p in sorted(words, key=len, reverse=True))
+        return bool(words) and bool(re.search(rf"(?<!\w)(?:{alternatives})(?!\w)", norm))
+
+    lexicons = [
+        ["how to make a bomb", "make a pipe bomb", "kill yourself", "如何制作炸弹", "去死吧"],
+        ["a b", "b", "x-y z", "Ünïcode  Word", "K", "如何 自杀", "ß", "!!"],
+    ]
+    pieces = "how to make a bomb Bomb BOMB pipe kill Yourself 如何 制作 炸弹 去死吧 自杀".split()
+    pieces += "x y - z b K İ ß SS Ünïcode word ! _ ,".split() + ["\u212a"]  # the Kelvin sign lower-cases to "k"
+    rng = random.Random(3)
+    texts = TRICKY_TEXTS + [_random_text(rng, pieces, 12) for _ in range(3000)]
+    for phrases in lexicons:
+        filt = HarmfulFilter(phrases)
+        hits = 0
+        for text in texts:
+            expected = reference(phrases, text)
+            assert (filt.check(rec(text)) == "harmful_content") == expected, (phrases, text)
+            hits += expected
+        assert 0 < hits < len(texts)
+
+
+def test_lexical_similarity_matches_the_per_word_ngrams():
+    import math
+    import random
+    import re
+    from collections import Counter
+
+    from postvl.filtering import lexical_similarity
+    from postvl.filtering.relevance import _STOPWORDS
+
+    cjk = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+
+    def ngrams(text, n, cjk_n):
+        grams = []
+        for run_cjk, word in re.findall(f"([{cjk}]+)|([^\\W{cjk}]+)", text.lower()):
+            if not run_cjk and word in _STOPWORDS:
+                continue
+            run, size = (run_cjk, cjk_n) if run_cjk else (f" {word} ", n)
+            grams += [run] if len(run) <= size else [run[i : i + size] for i in range(len(run) - size + 1)]
+        return Counter(grams)
+
+    def reference(a, b, n, cjk_n):
+        va, vb = ngrams(a, n, cjk_n), ngrams(b, n, cjk_n)
+        dot = sum(c * vb[g] for g, c in va.items())
+        if not dot:
+            return 0.0
+        return dot / math.sqrt(sum(c * c for c in va.values()) * sum(c * c for c in vb.values()))
+
+    pieces = "The image shows a cat cats x 图片 中是 猫 。 İstanbul K é 12 ｱｲ 가나 ΣΑΣ ß of the".split()
+    rng = random.Random(4)
+    pairs = [(a, b) for a in TRICKY_TEXTS[:6] for b in TRICKY_TEXTS[:6]]
+    pairs += [(_random_text(rng, pieces, 20), _random_text(rng, pieces, 20)) for _ in range(1500)]
+    for a, b in pairs:
+        for n, cjk_n in ((3, 2), (1, 1), (5, 3)):
+            assert lexical_similarity(a, b, n, cjk_n) == reference(a, b, n, cjk_n), (a, b, n, cjk_n)
