@@ -147,6 +147,9 @@ class Filter:
         """Optionally compute, for a batch of records about to be checked in order, what ``check`` needs and what
         does not depend on earlier records (kept in ``Sample.cache``). ``check`` must decide the same without it."""
 
+    def close(self) -> None:
+        """Release what the filter keeps outside memory (near dedup's spill files); most filters keep nothing."""
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"

@@ -262,6 +262,7 @@ class Policy:
             self._rules[key] = sorted(built, key=lambda f: f.stateful)
         # (domain, subcategory) as found in meta -> (stateless filters, stateful filters): routing is a dict lookup
         self._routes: dict[tuple[Any, Any], tuple[list[Filter], list[Filter]]] = {}
+        self._instances = list(instances.values())
         if errors:
             raise ValueError("invalid filter policy:\n  " + "\n  ".join(errors))
         logger.debug("filter policy: %d rule sets, %d filter instances", len(self._rules), len(instances))
@@ -269,6 +270,17 @@ class Policy:
     @classmethod
     def from_yaml(cls, path: str | Path, extra_params: Mapping[str, Mapping[str, Any]] | None = None) -> Policy:
         return cls(PolicyConfig.from_yaml(path), extra_params)
+
+    def close(self) -> None:
+        """Close every filter (near dedup removes its spill files); the policy is not used after this."""
+        for filt in self._instances:
+            filt.close()
+
+    def __enter__(self) -> Policy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def filters_for(self, domain: str | None, subcategory: str | None = None) -> list[Filter]:
         """The filters of a domain / subcategory, falling back to the domain's, then to the defaults."""

@@ -21,6 +21,7 @@ share of the input; a rerun with the same config and input skips finished ranks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -500,13 +501,17 @@ def run_filter(
             thresholds = ScoreThresholds(score_config) if scoring else None
             run = FilterRun(cfg, writer, scorer if scoring else None, thresholds)
             items = iter_stage_records(files, shard)
-            if cfg.only == "scores":
-                decisions = ((*item, None) for item in items)
-            else:
-                decisions = rule_decisions(cfg, Policy(policy_config), items)
-            bar = tqdm(desc="filter", unit="rec", disable=not (progress and shard.is_main) or None, mininterval=1.0)
-            run.run(decisions, bar)
-            bar.close()
+            # near dedup keeps most of its state on disk, in this rank's corner of the output folder
+            spill = {"near_dedup": {"spill_dir": str(writer.out / "_shards" / f"near-dedup-{shard.rank:05d}")}}
+            with contextlib.ExitStack() as stack:
+                if cfg.only == "scores":
+                    decisions: Iterable[Decision] = ((*item, None) for item in items)
+                else:
+                    policy = stack.enter_context(Policy(policy_config, spill))
+                    decisions = rule_decisions(cfg, policy, items)
+                bar = tqdm(desc="filter", unit="rec", disable=not (progress and shard.is_main) or None, mininterval=1)
+                run.run(decisions, bar)
+                bar.close()
             write_json_atomic(_funnel_path(writer, shard.rank), {"key": writer.key, "funnel": run.funnel.as_dict()})
         summary = None
         if shard.is_main:

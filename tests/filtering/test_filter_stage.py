@@ -101,6 +101,47 @@ def test_kept_records_are_written_as_they_were_read(tmp_path, built_filter_datas
     assert [r["id"] for r in rows_out] == [rid for rid in rows_in if rid in {r["id"] for r in rows_out}]
 
 
+def test_near_dedup_spills_under_the_output_folder_and_cleans_up(tmp_path, monkeypatch):
+    from postvl.filtering.dedup import NearDedupFilter, SpillFolder
+    from postvl.io import StageWriter
+    from postvl.records import message
+
+    words = "red green blue small large wooden metal table chair window lamp door cat dog bird tree".split()
+    answers = [" ".join(words[(i * 7 + j * 3) % len(words)] + f"{i}x{j}" for j in range(14)) + "." for i in range(600)]
+    # one word of fourteen changed, in later batches than the originals (the runner takes 256 records at a time)
+    near = {600 + k: answers[k * 50].replace("x3", "y3") for k in range(4)}
+    source = tmp_path / "in"
+    with StageWriter(source, stage="tag", config={}) as writer:
+        for i, answer in enumerate(answers + list(near.values())):
+            meta = {"source": f"in.jsonl:{i}", "domain": "perception", "subcategory": "captioning"}
+            writer.keep(
+                {
+                    "id": f"r{i}",
+                    "messages": [message("user", "Describe the image."), message("assistant", answer)],
+                    "images": [],
+                    "videos": [],
+                    "meta": meta,
+                }
+            )
+    monkeypatch.setattr(NearDedupFilter, "index_buffer", 4)  # tiny runs: the index and signatures go to disk
+    monkeypatch.setattr(NearDedupFilter, "signature_block", 2)
+    created: list[str] = []
+    new_file = SpillFolder.new_file
+
+    def recording(self, suffix):
+        fd = new_file(self, suffix)
+        created.append(self.files[-1])
+        return fd
+
+    monkeypatch.setattr(SpillFolder, "new_file", recording)
+    out = tmp_path / "clean"
+    result = run_filter(FilterConfig(inputs=(str(source),), out=str(out), config=str(DEFAULT_CONFIG)), progress=False)
+    assert created and all(Path(f).parent == out / "_shards" / "near-dedup-00000" for f in created)
+    assert not any(Path(f).exists() for f in created) and not (out / "_shards" / "near-dedup-00000").exists()
+    assert result.stats["reasons"] == {"near_duplicate": 4}
+    assert set(rejects(out)) == {f"r{i}" for i in near}
+
+
 def test_raw_input_is_built_in_process_first(tmp_path, raw_filter_dataset):
     out = tmp_path / "clean"
     result = run_filter(
