@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import time
@@ -253,6 +254,22 @@ def rule_decisions(cfg: FilterConfig, policy: Policy, items: Iterable[Item]) -> 
                 if reason is None:
                     reason = policy.check_stateful(sample)
                 yield (*item, reason)
+
+
+@contextlib.contextmanager
+def fewer_gc_passes(gen0: int = 100_000) -> Iterator[None]:
+    """Run the cyclic garbage collector's youngest generation every ``gen0`` allocations instead of every 700.
+
+    Records are acyclic dicts and lists, freed by reference counting the moment they are done with; at the default
+    pace the collector keeps walking them (and, every hundredth pass, everything alive in the process) for nothing,
+    about a tenth of the rule stage's time. The old thresholds come back on the way out.
+    """
+    old = gc.get_threshold()
+    gc.set_threshold(max(gen0, old[0]), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -504,6 +521,7 @@ def run_filter(
             # near dedup keeps most of its state on disk, in this rank's corner of the output folder
             spill = {"near_dedup": {"spill_dir": str(writer.out / "_shards" / f"near-dedup-{shard.rank:05d}")}}
             with contextlib.ExitStack() as stack:
+                stack.enter_context(fewer_gc_passes())
                 if cfg.only == "scores":
                     decisions: Iterable[Decision] = ((*item, None) for item in items)
                 else:

@@ -87,11 +87,15 @@ def test_rules_stage_funnel_reasons_routing_and_resume(tmp_path, built_filter_da
 def test_kept_records_are_written_as_they_were_read(tmp_path, built_filter_dataset):
     import pyarrow.parquet as pq
 
+    import gc
+
     out = tmp_path / "clean"
+    thresholds = gc.get_threshold()
     run_filter(
         FilterConfig(inputs=(str(built_filter_dataset),), out=str(out), config=str(DEFAULT_CONFIG), chunk_size=3),
         progress=False,
     )
+    assert gc.get_threshold() == thresholds  # the collector's pace is only changed during the run
     rows_in = {r["id"]: r for r in pq.read_table(built_filter_dataset / "data").to_pylist()}
     parts = sorted((out / "data").glob("part-*.parquet"))
     rows_out = [r for part in parts for r in pq.read_table(part).to_pylist()]
