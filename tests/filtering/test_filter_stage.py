@@ -85,9 +85,9 @@ def test_rules_stage_funnel_reasons_routing_and_resume(tmp_path, built_filter_da
 
 
 def test_kept_records_are_written_as_they_were_read(tmp_path, built_filter_dataset):
-    import pyarrow.parquet as pq
-
     import gc
+
+    import pyarrow.parquet as pq
 
     out = tmp_path / "clean"
     thresholds = gc.get_threshold()
