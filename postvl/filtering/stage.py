@@ -4,13 +4,14 @@
 the per-domain rule policy (``Policy`` / ``RuleRunner``) on every record, scores the survivors with the configured
 scorer (``postvl.filtering.scoring``) and writes:
 
-    OUT/data/part-*.parquet        kept records; scored ones carry meta.scores = {dimension: value}
+    OUT/data/part-*.parquet        kept records, as they were read; scored ones carry meta.scores = {dimension: value}
     OUT/preference/part-*.parquet  preference records that passed (the rules judge prompt + chosen; not scored)
     OUT/rejected.jsonl             each rejected record with its reason, stage "filter" and source
     OUT/scores.png                 histograms of each score dimension, with the default minimum marked
     OUT/stats.json                 the stage contract (total = kept + rejected, reasons, timings) plus `funnel`
                                    (per step and per domain: in, kept, reasons) and `scores` (per-dimension summaries)
     OUT/manifest.json              resolved config (rules and scores), input fingerprints, package versions
+    OUT/_shards/near-dedup-<rank>/ while running: near dedup's record indices and signatures (removed at the end)
 
 Records are routed by ``meta.domain`` / ``meta.subcategory`` (written by ``postvl tag``); untagged records get the
 defaults. Near-duplicate and exact-duplicate detection runs last and sees every record of this process in input
