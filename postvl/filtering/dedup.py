@@ -612,40 +612,13 @@ class MinHasher:
 
     def signature(self, text: str) -> np.ndarray | None:
         """``num_perm`` uint32 values, or ``None`` for a text shorter than one shingle."""
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        k = self.shingle
-        n = len(codes) - k + 1
-        if n <= 0:
+        if len(text) < self.shingle:
             return None
-        h = codes[:n].copy()
-        for j in range(1, k):
-            h *= _ROLL
-            h += codes[j : j + n]
-        # One multiply by an odd 64-bit constant spreads nearby shingles over the high 32 bits, which are kept
-        # (MurmurHash3's full finaliser costs three times as much; on 60k benchmark records 32 decisions near the
-        # threshold differ between the two).
-        h ^= h >> _S33
-        h *= _MIX1
-        h32 = (h >> _S32).astype(np.uint32)
-        if n <= _CHUNK:
-            block = np.multiply.outer(self._a, h32)
-            block += self._b
-            return block.min(axis=1)
-        return self._min_hash(h32)
-
-    def signatures(self, texts: Sequence[str]) -> np.ndarray:
-        """The signatures of many texts at once, ``(len(texts), num_perm)`` uint32, equal to ``signature`` of each.
-
-        Every text must be at least one shingle long.
-        """
-        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        if not len(texts):
-            return np.empty((0, self.num_perm), dtype=np.uint32)
-        codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
-        return self.signatures_of_codes(codes, np.cumsum(lengths) - lengths, lengths)
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        return self.signatures_of_codes(codes, np.zeros(1, dtype=np.int64), np.array([len(text)]))[0]
 
     def signatures_of_codes(self, codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """``signatures`` of the texts ``codes[starts[i] : starts[i] + lengths[i]]`` (uint32 code points).
+        """One signature per text ``codes[starts[i] : starts[i] + lengths[i]]`` (uint32 code points), as rows.
 
         The rolling hash runs once over all the codes (shingles that straddle two texts are left out) and the
         permutations over blocks of about ``_CHUNK * 4`` shingles with one minimum per text (``reduceat``): a few
@@ -667,6 +640,9 @@ class MinHasher:
         firsts = np.cumsum(counts) - counts  # where each text's shingles start among the kept ones
         positions = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(starts - firsts, counts)
         h = h[positions]
+        # One multiply by an odd 64-bit constant spreads nearby shingles over the high 32 bits, which are kept
+        # (MurmurHash3's full finaliser costs three times as much; on 60k benchmark records 32 decisions near the
+        # threshold differ between the two).
         h ^= h >> _S33
         h *= _MIX1
         h32 = (h >> _S32).astype(np.uint32)

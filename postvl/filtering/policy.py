@@ -293,8 +293,8 @@ class Policy:
 
     def for_record(self, record: Mapping[str, Any] | Sample) -> list[Filter]:
         """The filters that apply to a record, by its ``meta["domain"]`` and ``meta["subcategory"]``."""
-        meta = Sample.of(record).meta
-        return self.filters_for(_str_or_none(meta.get("domain")), _str_or_none(meta.get("subcategory")))
+        stateless, stateful = self._route(Sample.of(record).meta)
+        return [*stateless, *stateful]  # the rule set's order: stateful filters come last in every one
 
     def _route(self, meta: dict[str, Any]) -> tuple[list[Filter], list[Filter]]:
         """``for_record`` split into stateless and stateful filters, remembered per (domain, subcategory)."""
