@@ -29,9 +29,11 @@ def make_parser():
     from trl import DPOConfig, ModelConfig, TrlParser
 
     from postvl.dpo.config import DPOArguments
-    from postvl.training.config import DataArguments, OutputArguments, VisionArguments
+    from postvl.training.config import DataArguments, LMHeadArguments, OutputArguments, VisionArguments
 
-    parser = TrlParser((DataArguments, VisionArguments, DPOArguments, OutputArguments, DPOConfig, ModelConfig))
+    parser = TrlParser(
+        (DataArguments, VisionArguments, DPOArguments, LMHeadArguments, OutputArguments, DPOConfig, ModelConfig)
+    )
     parser.set_defaults(num_train_epochs=1.0)  # DPO: one pass over the pairs; YAML and command line still override
     return parser
 
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from postvl.dpo.data import PreferenceCollator, PreferenceEncoder, index_dataset, pair_lengths
     from postvl.dpo.vision_cache import SharedVisionFeatures
     from postvl.training.data import load_mixed_records, resolve_pixel_limits
+    from postvl.training.lm_head import use_lm_head
     from postvl.training.model import check_vision_frozen, lora_config
     from postvl.training.outputs import (
         plot_log_history,
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         write_skipped,
     )
 
-    data, vision, dpo, output, args, model_args = make_parser().parse_args_and_config(argv)
+    data, vision, dpo, head, output, args, model_args = make_parser().parse_args_and_config(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING)
     dpo_lib.check_options(args, model_args, vision, dpo)
 
@@ -94,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         peft_config=peft_config,
     )
     check_vision_frozen(trainer.model, vision)
+    lm_head, head_counts = use_lm_head(
+        trainer, head.lm_head, max_logits_gb=head.lm_head_max_logits_gb, token_metrics=head.token_metrics
+    )
+    logger.info("LM head of the loss: %s", lm_head)
     table = save_parameter_table(trainer.model, args.output_dir)
     logger.info("trainable parameters:\n%s", table)
     trainer.train(resume_from_checkpoint=resume_value(args.resume_from_checkpoint))
@@ -113,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             "steps": trainer.state.global_step,
             "epochs": args.num_train_epochs,
             "processes": trainer.accelerator.num_processes,
+            "lm_head": lm_head,
+            "lm_head_calls": f"{head_counts.plain} plain, {head_counts.fused} fused",
             "reference": _reference_kind(args.precompute_ref_log_probs, full, continued),
             "vision_features": dataclasses.asdict(shared.counts) if shared is not None else "per forward (TRL)",
             **{k: dpo_lib.last_logged(history, k) for k in dpo_lib.REWARD_KEYS},

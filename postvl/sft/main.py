@@ -25,9 +25,9 @@ logger = logging.getLogger(__name__)
 def make_parser():
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    from postvl.training.config import DataArguments, OutputArguments, VisionArguments
+    from postvl.training.config import DataArguments, LMHeadArguments, OutputArguments, VisionArguments
 
-    return TrlParser((DataArguments, VisionArguments, OutputArguments, SFTConfig, ModelConfig))
+    return TrlParser((DataArguments, VisionArguments, LMHeadArguments, OutputArguments, SFTConfig, ModelConfig))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         plan_packing,
     )
     from postvl.training.data import load_mixed_records, resolve_pixel_limits
+    from postvl.training.lm_head import use_lm_head
     from postvl.training.model import check_vision_frozen, lora_config
     from postvl.training.outputs import (
         plot_log_history,
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         write_skipped,
     )
 
-    data, vision, output, args, model_args = make_parser().parse_args_and_config(argv)
+    data, vision, head, output, args, model_args = make_parser().parse_args_and_config(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING)
     if args.max_length is None:
         raise ValueError("max_length must be set: records longer than it are skipped, never truncated")
@@ -117,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         peft_config=peft_config,
     )
     check_vision_frozen(trainer.model, vision)
+    lm_head, head_counts = use_lm_head(
+        trainer, head.lm_head, max_logits_gb=head.lm_head_max_logits_gb, token_metrics=head.token_metrics
+    )
+    logger.info("LM head of the loss: %s", lm_head)
     table = save_parameter_table(trainer.model, args.output_dir)
     logger.info("trainable parameters:\n%s", table)
     trainer.train(resume_from_checkpoint=resume_value(args.resume_from_checkpoint))
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             "skipped_too_long": len(too_long),
             "steps": trainer.state.global_step,
             "processes": trainer.accelerator.num_processes,
+            "lm_head": lm_head,
+            "lm_head_calls": f"{head_counts.plain} plain, {head_counts.fused} fused",
             "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
             **paths,
         }
