@@ -51,6 +51,8 @@ class PixelConfig:
             ``do_sample_frames=False``).
         min_frames, max_frames: bounds on the number of sampled frames.
         patch_size, merge_size, temporal_patch_size: the vision tower's geometry.
+        family: the model family (``postvl.families``) these limits were made for; ``None`` in configs written before
+            families existed (read as Qwen2.5-VL geometry, which is what those configs hold).
     """
 
     min_pixels: int = DEFAULT_MIN_PIXELS
@@ -63,6 +65,7 @@ class PixelConfig:
     patch_size: int = PATCH_SIZE
     merge_size: int = MERGE_SIZE
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE
+    family: str | None = None
 
     def __post_init__(self) -> None:
         errors = []
