@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from postvl.media import (
     resolve_media_path,
     video_token_count,
 )
+from postvl.media_store import DEFAULT_MAX_IMAGE_PIXELS, MediaStore, check_pixel_cap, is_embedded
 from postvl.records import ANSWER_TYPES, RecordError, check_conversation
 
 # Every code a build can report, with what it means (the summary table and the docs use it).
@@ -58,7 +60,8 @@ REASONS: dict[str, str] = {
     "video_too_short": "a video too short to give one temporal patch",
     "media_outside_root": "a media path that escapes the media root",
     "url_not_allowed": "a media URL without --allow-urls",
-    "unsupported_media": "audio, or media embedded as bytes",
+    "unsupported_media": "audio, or embedded media in an input that cannot carry them (JSON)",
+    "media_too_large": "an image whose header is above the pixel cap (decompression bombs included)",
     "bbox_out_of_image": "a box outside the original image",
     "point_out_of_image": "a point outside the original image",
     "invalid_bbox": "a box with x2 < x1 or y2 < y1, or not 4 numbers",
@@ -90,12 +93,20 @@ _SWIFT_TAGS = re.compile(r"(<ref-object>|<bbox>)")
 
 @dataclass
 class BuildContext:
-    """What validation needs besides the record: the media root, URL policy, pixel limits and a probe cache."""
+    """What validation needs besides the record: the media root, URL policy, pixel limits and a probe cache.
+
+    With a ``store`` (a build whose inputs carry embedded media), ``media_root`` is the output folder: embedded media
+    are written into the store, and media files, resolved and confined under ``files_root``, are linked into it, so
+    that every record's paths live under the one media root.
+    """
 
     media_root: str
     allow_urls: bool = False
     pixels: PixelConfig = field(default_factory=PixelConfig)
     prober: MediaProber = field(default_factory=MediaProber)
+    store: MediaStore | None = None
+    files_root: str | None = None
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass
@@ -207,15 +218,14 @@ def check_media_counts(messages: list[dict[str, Any]], images: list[Any], videos
 
 
 def probe_media(draft: Mapping[str, Any], ctx: BuildContext, *, base: str | None = None) -> MediaSizes:
-    """Resolve, probe and count every image and video of a draft."""
+    """Resolve (or store), probe and count every image and video of a draft."""
     sizes = MediaSizes()
     for ref in draft.get("images") or []:
-        path = _resolve(ref, ctx, base)
-        if is_url(path):
+        path, info, origin = _image(ref, ctx, base)
+        if info is None:
             sizes.images.append({"path": path})
             sizes.image_tokens.append(-1)
             continue
-        info = ctx.prober.image(path)
         rh, rw = resized_image_size(info.height, info.width, ctx.pixels)
         tokens = image_token_count(info.height, info.width, ctx.pixels)
         sizes.image_tokens.append(tokens)
@@ -227,15 +237,15 @@ def probe_media(draft: Mapping[str, Any], ctx: BuildContext, *, base: str | None
                 "resized_width": rw,
                 "resized_height": rh,
                 "tokens": tokens,
+                **origin,
             }
         )
     for ref in draft.get("videos") or []:
-        path = _resolve(ref, ctx, base)
-        if is_url(path):
+        path, info, origin = _video(ref, ctx, base)
+        if info is None:
             sizes.videos.append({"path": path})
             sizes.video_tokens.append(-1)
             continue
-        info = ctx.prober.video(path)
         tokens = video_token_count(info, ctx.pixels)
         sizes.video_tokens.append(tokens)
         sizes.videos.append(
@@ -246,17 +256,78 @@ def probe_media(draft: Mapping[str, Any], ctx: BuildContext, *, base: str | None
                 "width": info.width,
                 "height": info.height,
                 "tokens": tokens,
+                **origin,
             }
         )
     return sizes
 
 
+def _image(ref: Any, ctx: BuildContext, base: str | None) -> tuple[str, Any, dict[str, Any]]:
+    """(absolute path or URL, header info or ``None`` for a URL, where the medium came from)."""
+    if is_embedded(ref):
+        path, info, name = _store(ctx).put_image(ref)
+        return path, info, {"origin": "embedded", "original": name}
+    path = _resolve(ref, ctx, base)
+    if is_url(path):
+        return path, None, {}
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap below decides
+            info = ctx.prober.image(path)
+    except Image.DecompressionBombError as err:  # PIL refuses to open a header this large
+        raise RecordError("media_too_large", f"{path}: {err} (cap: {ctx.max_image_pixels} pixels)") from err
+    check_pixel_cap(info.width, info.height, ctx.max_image_pixels, path)
+    return _linked(path, ctx), info, _file_origin(path, ctx)
+
+
+def _video(ref: Any, ctx: BuildContext, base: str | None) -> tuple[str, Any, dict[str, Any]]:
+    if is_embedded(ref):
+        path, info, name = _store(ctx).put_video(ref)
+        check_pixel_cap(info.width, info.height, ctx.max_image_pixels, f"video {name or path} frame")
+        return path, info, {"origin": "embedded", "original": name}
+    path = _resolve(ref, ctx, base)
+    if is_url(path):
+        return path, None, {}
+    info = ctx.prober.video(path)
+    check_pixel_cap(info.width, info.height, ctx.max_image_pixels, f"video {path} frame")
+    return _linked(path, ctx), info, _file_origin(path, ctx)
+
+
+def _store(ctx: BuildContext) -> MediaStore:
+    if ctx.store is None:
+        raise RecordError(
+            "unsupported_media",
+            "media embedded as bytes in an input that cannot carry them (JSON); give a Parquet file, a saved "
+            "dataset or an hf:// dataset, or save the media as files under the media root",
+        )
+    return ctx.store
+
+
+def _linked(path: str, ctx: BuildContext) -> str:
+    return ctx.store.link_file(path) if ctx.store is not None else path
+
+
+def _file_origin(path: str, ctx: BuildContext) -> dict[str, Any]:
+    if ctx.store is None:
+        return {}
+    return {"origin": "file", "original": relative_to_root(path, ctx.files_root or ctx.media_root)}
+
+
 def _resolve(ref: Any, ctx: BuildContext, base: str | None) -> str:
-    if isinstance(ref, Mapping):  # datasets Image(decode=False): {"bytes", "path"}
-        if ref.get("bytes"):
-            raise RecordError("unsupported_media", "media embedded as bytes: save them as files under the media root")
+    if isinstance(ref, Mapping):  # datasets Image(decode=False) without bytes: {"bytes": None, "path": ...}
         ref = ref.get("path")
-    return resolve_media_path(ref, ctx.media_root, base=base, allow_urls=ctx.allow_urls)
+    root = ctx.files_root if ctx.store is not None else ctx.media_root
+    if root is None:
+        if isinstance(ref, str) and is_url(ref):
+            return resolve_media_path(ref, ctx.media_root, allow_urls=ctx.allow_urls)
+        raise RecordError(
+            "missing_media",
+            f"media reference {ref!r:.120} is a path, but the input is a hub dataset with no folder of its own; "
+            "pass --media-root where those files are",
+        )
+    return resolve_media_path(ref, root, base=base, allow_urls=ctx.allow_urls)
 
 
 # --------------------------------------------------------------------------------------------------------------------
