@@ -79,7 +79,7 @@ def embedded_bytes(ref: Any) -> tuple[bytes, str | None]:
         data = ref
     data = bytes(data)
     if not data:
-        raise RecordError("empty_media", f"embedded medium {name or ''!s:.80} has 0 bytes")
+        raise RecordError("empty_media", f"embedded medium {name!r:.80} has 0 bytes")
     return data, name if isinstance(name, str) else None
 
 

@@ -54,7 +54,7 @@ REASONS: dict[str, str] = {
     "special_token_in_text": "text contains a chat-template or vision token (<|im_start|>, <|image_pad|>, ...)",
     "placeholder_media_mismatch": "image/video parts and image/video files differ in number",
     "missing_media": "a media file does not exist",
-    "empty_media": "a media file has 0 bytes",
+    "empty_media": "a media file (or embedded medium) has 0 bytes",
     "corrupt_media": "a media file cannot be read (bad header, truncated)",
     "extreme_aspect_ratio": "an image with aspect ratio over 200, which the processor refuses",
     "video_too_short": "a video too short to give one temporal patch",
