@@ -488,3 +488,10 @@ def test_filter_and_tag_accept_hub_and_embedded_inputs(tmp_path, vsft_folder):
         manifest = json.loads((folder / "manifest.json").read_text())
         root = Path(manifest["config"]["media_root"])
         assert all((root / p).is_file() for r in read_stage(folder) for p in r["images"])
+
+
+def test_worker_processes_share_the_store(tmp_path, vsft_folder):
+    stats, records, out = _build(tmp_path, [str(vsft_folder / "data")], num_proc=2)
+    assert (stats["total"], stats["kept"]) == (4, 4) and records[0]["images"] == records[1]["images"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["media"]["embedded_references"] == 4 and manifest["media"]["store_files"] == 3
