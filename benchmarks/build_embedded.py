@@ -193,20 +193,21 @@ def main() -> None:
             small, _ = make_inputs(root / f"rss_{size}", size, small=True, seed=1)
             rss[size] = peak_rss_kb(small, root / f"rss_out_{size}", model_dir)
             print(f"peak RSS, embedded Parquet build of {size} rows: {rss[size] / 1024:.0f} MiB")
-    print(
-        f"RESULT build_embedded_vs_files {embedded / files:.2f} x | records/s from embedded-image Parquet "
-        "(store + header probe) / same rows as JSONL + image files, both with token counts"
-    )
-    if len(rss) >= 2:
-        lo, hi = min(rss), max(rss)
+        # printed before the temporary folder (tens of thousands of files) is removed
         print(
-            f"RESULT build_embedded_rss_growth {rss[hi] / rss[lo]:.2f} x | peak RSS of the embedded-Parquet build at "
-            f"{hi} rows / at {lo} rows (fresh process each)"
+            f"RESULT build_embedded_vs_files {embedded / files:.2f} x | records/s from embedded-image Parquet "
+            "(store + header probe) / same rows as JSONL + image files, both with token counts"
         )
-    print(
-        f"RESULT build_embedded_vs_trl_processor {embedded / theirs:.2f} x | records/s postvl build on embedded-image "
-        "Parquet / PIL decode + Qwen2.5-VL processor per record (a TRL user learning lengths)"
-    )
+        if len(rss) >= 2:
+            lo, hi = min(rss), max(rss)
+            print(
+                f"RESULT build_embedded_rss_growth {rss[hi] / rss[lo]:.2f} x | peak RSS of the embedded-Parquet "
+                f"build at {hi} rows / at {lo} rows (fresh process each)"
+            )
+        print(
+            f"RESULT build_embedded_vs_trl_processor {embedded / theirs:.2f} x | records/s postvl build on "
+            "embedded-image Parquet / PIL decode + Qwen2.5-VL processor per record (a TRL user learning lengths)"
+        )
 
 
 if __name__ == "__main__":

@@ -162,6 +162,7 @@ class MediaStore:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     counts: StoreCounts = field(default_factory=StoreCounts)
     _infos: dict[str, ImageInfo | VideoInfo | RecordError] = field(default_factory=dict)
+    _folders: set[str] = field(default_factory=set)  # prefix folders known to exist
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -220,7 +221,7 @@ class MediaStore:
         final = self._final(digest, suffix)
         if final.exists():
             return str(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdir(final.parent)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
         try:
             os.link(path, tmp)
@@ -235,9 +236,12 @@ class MediaStore:
 
     def _write(self, data: bytes, digest: str, ext: str) -> Path:
         final = self._final(digest, ext)
-        if final.exists() and final.stat().st_size == len(data):
-            return final
-        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if final.stat().st_size == len(data):
+                return final
+        except FileNotFoundError:
+            pass
+        self._mkdir(final.parent)
         # A name of our own, then an atomic rename: ranks and workers writing the same image never clash.
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
         with open(tmp, "wb") as f:
@@ -246,6 +250,11 @@ class MediaStore:
         self.counts.written += 1
         self.counts.bytes_written += len(data)
         return final
+
+    def _mkdir(self, folder: Path) -> None:
+        if str(folder) not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(str(folder))
 
     def _remember(self, digest: str, info: Any) -> None:
         if len(self._infos) >= 200_000:

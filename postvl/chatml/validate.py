@@ -18,10 +18,12 @@ Rescaling is ms-swift's rule, ``int(round(x / width * resized_width))``. Origina
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from postvl.media import (
@@ -107,6 +109,16 @@ class BuildContext:
     store: MediaStore | None = None
     files_root: str | None = None
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    _resolved_root: str | None = field(default=None, init=False, repr=False)
+
+    def relative(self, path: str) -> str:
+        """A resolved path as stored in a record: relative to the media root (URLs unchanged)."""
+        root = self._resolved_root
+        if root is None:
+            root = self._resolved_root = str(Path(self.media_root).resolve())
+        if path.startswith(root + os.sep):  # resolved paths under the root: no filesystem call per image
+            return Path(path[len(root) + 1 :]).as_posix()
+        return relative_to_root(path, self.media_root)
 
 
 @dataclass
@@ -231,7 +243,7 @@ def probe_media(draft: Mapping[str, Any], ctx: BuildContext, *, base: str | None
         sizes.image_tokens.append(tokens)
         sizes.images.append(
             {
-                "path": relative_to_root(path, ctx.media_root),
+                "path": ctx.relative(path),
                 "width": info.width,
                 "height": info.height,
                 "resized_width": rw,
@@ -250,7 +262,7 @@ def probe_media(draft: Mapping[str, Any], ctx: BuildContext, *, base: str | None
         sizes.video_tokens.append(tokens)
         sizes.videos.append(
             {
-                "path": relative_to_root(path, ctx.media_root),
+                "path": ctx.relative(path),
                 "frames": info.num_frames,
                 "fps": info.fps,
                 "width": info.width,
