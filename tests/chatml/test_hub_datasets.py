@@ -12,6 +12,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, Features, Image, List, Sequence, Value
 from hostile_media import jpeg_bytes, png_bytes, png_header_only
@@ -495,3 +497,31 @@ def test_worker_processes_share_the_store(tmp_path, vsft_folder):
     assert (stats["total"], stats["kept"]) == (4, 4) and records[0]["images"] == records[1]["images"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["media"]["embedded_references"] == 4 and manifest["media"]["store_files"] == 3
+
+
+def test_paths_beside_embedded_media_are_confined_and_linked(tmp_path):
+    """A struct without bytes is a path: resolved under the input's folder, refused outside it, put in the store."""
+    features = Features({"messages": STRING_MESSAGES, "images": List(Image())})
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cat.png").write_bytes(png_bytes(36, 24, (7, 8, 9)))
+    (tmp_path / "secret.png").write_bytes(png_bytes(10, 10, (0, 0, 0)))
+    rows = {
+        "messages": [[{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}]] * 4,
+        "images": [
+            [{"bytes": None, "path": "cat.png"}],
+            [{"bytes": None, "path": "../secret.png"}],
+            [{"bytes": None, "path": "https://example.com/x.png"}],
+            [_img(36, 24, (7, 8, 9))],  # the same bytes as cat.png, embedded
+        ],
+    }
+    table = [{"messages": m, "images": i} for m, i in zip(rows["messages"], rows["images"])]
+    # written by pyarrow: datasets' to_parquet would embed the files, and this row keeps its path
+    pq.write_table(pa.Table.from_pylist(table, schema=features.arrow_schema), data / "rows.parquet")
+    stats, (linked, embedded), out = _build(tmp_path, [str(data / "rows.parquet")])
+    assert stats["reasons"] == {"media_outside_root": 1, "url_not_allowed": 1}
+    assert linked["images"] == embedded["images"] and _sizes(linked, out) == [(36, 24)]
+    media = linked["meta"]["media"]["images"][0]
+    assert (media["origin"], media["original"], media["width"], media["height"]) == ("file", "cat.png", 36, 24)
+    manifest = json.loads((out / "manifest.json").read_text())["media"]
+    assert (manifest["file_references"], manifest["embedded_references"], manifest["store_files"]) == (1, 1, 1)
