@@ -525,3 +525,18 @@ def test_paths_beside_embedded_media_are_confined_and_linked(tmp_path):
     assert (media["origin"], media["original"], media["width"], media["height"]) == ("file", "cat.png", 36, 24)
     manifest = json.loads((out / "manifest.json").read_text())["media"]
     assert (manifest["file_references"], manifest["embedded_references"], manifest["store_files"]) == (1, 1, 1)
+
+
+def test_command_line_mapping_and_hub_name(tmp_path, vsft_folder, capsys):
+    from postvl.chatml.main import main
+
+    out = tmp_path / "cli"
+    args = [f"hf://{vsft_folder}@train", "--out", str(out), "--max-image-pixels", "1000"]
+    assert (
+        main(args + ["--columns", "messages=messages,images=images", "--tags", "role_tag=role,content_tag=content"])
+        == 0
+    )
+    stats = read_stats(out)
+    assert stats["reasons"] == {"media_too_large": 4} and "media_too_large" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([str(vsft_folder), "--out", str(out), "--columns", "messages"])  # not KEY=VALUE
