@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         max_pixels=max_pixels,
     )
     if vision.freeze_vision:
-        freeze_vision(model, train_merger=vision.train_merger, unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks)
+        freeze_vision(
+            model,
+            train_merger=vision.train_merger,
+            train_deepstack_mergers=vision.train_deepstack_mergers,
+            unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks,
+        )
     peft_config = lib.lora_config(model, model_args, vision)
     records = lib.load_mixed_records(data)
     encoder = RecordEncoder(processor)

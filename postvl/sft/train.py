@@ -135,9 +135,14 @@ def lora_config(model: Any, model_args: Any, vision: VisionArguments) -> Any | N
     targets = model_args.lora_target_modules or "all-linear"
     if targets in (["all-linear"], "all-linear"):
         targets = "all-linear"
+    from postvl.modeling import projector_modules
+
     modules_to_save = list(model_args.lora_modules_to_save or [])
-    if vision.train_merger and "merger" not in modules_to_save:
-        modules_to_save.append("merger")
+    for name in projector_modules(
+        model, train_merger=vision.train_merger, train_deepstack_mergers=vision.train_deepstack_mergers
+    ):
+        if name not in modules_to_save:
+            modules_to_save.append(name)
     return LoraConfig(
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
@@ -164,8 +169,9 @@ def check_vision_frozen(model: Any, vision: VisionArguments) -> None:
         for name, p in model.named_parameters()
         if p.requires_grad and ".visual.blocks." in name
     }
-    if groups.get("vision patch embed") and groups["vision patch embed"].trainable:
-        raise RuntimeError("the ViT patch embedding is trainable although freeze_vision is on")
+    for group in ("vision patch embed", "vision pos embed"):
+        if groups.get(group) and groups[group].trainable:
+            raise RuntimeError(f"the ViT's {group[7:]} is trainable although freeze_vision is on")
     if any(b < n_blocks - allowed for b in trainable_blocks):
         raise RuntimeError(f"ViT blocks {sorted(trainable_blocks)} are trainable although freeze_vision is on")
 
