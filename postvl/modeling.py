@@ -262,7 +262,9 @@ def projector_modules(model: Any, *, train_merger: bool, train_deepstack_mergers
         train_deepstack_mergers = train_merger
     out = [names.merger] if train_merger else []
     if names.deepstack_mergers and train_deepstack_mergers:
-        out.append(names.deepstack_mergers)
+        # one entry per merger: peft wraps each module it saves, and a wrapped ModuleList could not be indexed
+        count = len(getattr(vision_tower(model), names.deepstack_mergers))
+        out += [f"{names.deepstack_mergers}.{i}" for i in range(count)]
     return out
 
 
