@@ -567,7 +567,11 @@ TINY_VISION_QWEN3 = dict(
     deepstack_visual_indexes=[0],
     num_position_embeddings=256,
 )
-TINY_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1)
+# norm_topk_prob: transformers always renormalises the top-k router weights of Qwen3-VL-MoE; vLLM reads the flag from
+# the config (its Qwen3-MoE layer), so it is written out explicitly.
+TINY_MOE = dict(
+    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1, norm_topk_prob=True
+)
 
 
 def tiny_pixel_limits(family: Any) -> tuple[int, int]:

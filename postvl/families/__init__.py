@@ -16,23 +16,39 @@ Every stage asks the family instead of assuming one model::
     rope_index(model, ...)                # the model's own get_rope_index (mRoPE positions for packing)
     to_family_box(box, size, family)      # an absolute source box in the family's convention
 
+Data records the family it was built for (``meta["family"]``, the manifest's pixels); ``check_same_family`` refuses
+data built for another family with the rebuild command, and ``data_family`` reads what older data was built for.
+
 An unsupported model raises :class:`UnsupportedFamilyError` naming the supported families; nothing falls back to
 Qwen2.5-VL.
 """
 
 from postvl.families.base import Family, Grounding, ModuleNames, PixelDefaults
 from postvl.families.grounding import from_family_box, to_family_box
-from postvl.families.registry import FAMILIES, FAMILY_NAMES, UnsupportedFamilyError, get_family
+from postvl.families.registry import (
+    FAMILIES,
+    FAMILY_NAMES,
+    LEGACY_FAMILY,
+    FamilyMismatchError,
+    UnsupportedFamilyError,
+    check_same_family,
+    data_family,
+    get_family,
+)
 from postvl.families.rope import rope_index, rope_index_fn
 
 __all__ = [
     "FAMILIES",
     "FAMILY_NAMES",
     "Family",
+    "FamilyMismatchError",
     "Grounding",
+    "LEGACY_FAMILY",
     "ModuleNames",
     "PixelDefaults",
     "UnsupportedFamilyError",
+    "check_same_family",
+    "data_family",
     "from_family_box",
     "get_family",
     "rope_index",

@@ -170,3 +170,44 @@ def _from_folder(folder: Path) -> Family:
                 return _BY_CLASS[processor_class]
             raise _unsupported(f"{folder} (processor_class {processor_class!r})")
     raise _unsupported(f"{folder} (no config.json or processor_config.json)")
+
+
+class FamilyMismatchError(ValueError):
+    """Data built for one family used by a stage running another (the message says how to rebuild)."""
+
+
+# Data written before families existed was built with Qwen2.5-VL's template, geometry and grounding.
+LEGACY_FAMILY = "qwen2_5_vl"
+
+
+def data_family(value: str | None) -> Family:
+    """The family recorded in a record's ``meta["family"]`` or a manifest's pixels; ``None`` is data written before
+    families were recorded, which was built for Qwen2.5-VL (the only family postvl had)."""
+    return get_family(value or LEGACY_FAMILY)
+
+
+def check_same_family(data: str | None, model: Any, *, what: str = "the dataset") -> Family:
+    """The model's family, after checking that ``data`` (a recorded family name) matches it.
+
+    Qwen3-VL dense and MoE share template, geometry, video layout and grounding, so data built for one serves the
+    other; Qwen2-VL and Qwen2.5-VL differ in grounding (relative vs absolute boxes), so their data never mixes.
+
+    Raises:
+        FamilyMismatchError: naming both families and the rebuild.
+    """
+    target = get_family(model)
+    built = data_family(data)
+    if _compatible(built, target):
+        return target
+    raise FamilyMismatchError(
+        f"{what} was built for {built.title} ({built.name}) but the model is {target.title} ({target.name}): its "
+        f"rendering, token counts and box coordinates follow {built.title}; rebuild it for this model "
+        f"(postvl build ... --model <the {target.title} folder>)"
+    )
+
+
+def _compatible(built: Family, target: Family) -> bool:
+    if built.name == target.name:
+        return True
+    same = ("template_file", "patch_size", "merge_size", "temporal_patch_size", "grounding", "video_timestamps")
+    return all(getattr(built, k) == getattr(target, k) for k in same) and built.default_system == target.default_system
