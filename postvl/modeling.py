@@ -348,9 +348,13 @@ def apply_lora(
 ) -> Any:
     """Wrap ``model`` with a peft LoRA adapter on the language model only; returns the ``PeftModel``.
 
-    ``experts``: also adapt the packed MoE experts (see :func:`lora_expert_parameters`).
+    ``experts``: also adapt the packed MoE experts (see :func:`lora_expert_parameters`); needs ``dropout=0``, since
+    peft cannot apply dropout to a LoRA on a parameter.
     """
     from peft import LoraConfig, get_peft_model
+
+    if experts and dropout:
+        raise ValueError(f"LoRA on the packed MoE experts needs dropout 0 (peft's parameter LoRA), got {dropout}")
 
     config = LoraConfig(
         r=r,

@@ -102,11 +102,12 @@ class SharedVisionFeatures:
             )
         original = tower.forward
         deepstack_name = family.modules.deepstack_mergers
-        deepstack = list(getattr(tower, deepstack_name)) if deepstack_name else []
 
         def shared_forward(hidden_states: Any, grid_thw: Any, **kwargs: Any) -> Any:
             if any(kwargs.get(k) for k in _RECORDING_KWARGS):
                 return original(hidden_states, grid_thw=grid_thw, **kwargs)
+            # looked up per call: peft may wrap the mergers (modules_to_save) after this install
+            deepstack = list(getattr(tower, deepstack_name)) if deepstack_name else []
             return self._forward(tower, original, deepstack, hidden_states, grid_thw)
 
         tower.forward = shared_forward  # an instance attribute: the class and other instances are untouched
