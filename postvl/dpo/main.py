@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         model_args, vision, dpo, trust_remote_code=args.trust_remote_code, min_pixels=min_pixels,
         max_pixels=max_pixels,
     )
+    lib.check_dataset_families(data.datasets, model)
     peft_config = None if continued else lib.lora_config(model, model_args, vision)
     full = peft_config is None and not continued
     ref_model = dpo_lib.frozen_copy(model) if full and not args.precompute_ref_log_probs else None

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         min_pixels=min_pixels,
         max_pixels=max_pixels,
     )
+    lib.check_dataset_families(data.datasets, model)
     if vision.freeze_vision:
         freeze_vision(
             model,

@@ -114,3 +114,50 @@ def test_sft_then_dpo_two_steps_per_family(tiny_family_model, tmp_path, family):
     assert any("self_attn.q_proj" in k for k in changed)
     assert not any(".mlp.experts." in k for k in changed)  # packed experts get no LoRA unless asked for
     assert not any("embed_tokens" in k or "lm_head" in k for k in changed)
+
+
+def test_training_on_data_built_for_another_family_is_refused(tiny_family_model, tmp_path):
+    from postvl.families import FamilyMismatchError
+
+    sft_raw, pairs_raw = _write_raw(tmp_path / "raw")
+    for src, out in ((sft_raw, "sft_data"), (pairs_raw, "pairs")):
+        assert build_main([str(src), "--out", str(tmp_path / out), "--model", tiny_family_model("qwen2_5_vl")]) == 0
+    qwen3 = tiny_family_model("qwen3_vl")
+    for main, config, data in ((sft_main, "sft", "sft_data"), (dpo_main, "dpo", "pairs")):
+        argv = ["--config", str(CONFIGS / config / "tiny_cpu.yaml"), "--model_name_or_path", qwen3,
+                "--datasets", str(tmp_path / data), "--output_dir", str(tmp_path / f"out_{config}")]
+        with pytest.raises(FamilyMismatchError, match="built for Qwen2.5-VL .* but the model is Qwen3-VL"):
+            main(argv)
+        assert not (tmp_path / f"out_{config}" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_built_num_tokens_equal_the_training_encoding(tiny_family_model, tmp_path, family):
+    """The build stage's stored counts (which plan the packing) equal what SFT feeds the model, video included."""
+    import cv2
+    import numpy as np
+    from transformers import AutoProcessor
+
+    from postvl.io import read_stage
+    from postvl.sft.data import RecordEncoder
+    from postvl.sft.train import manifest_media_root, read_manifest
+
+    raw = tmp_path / "raw"
+    sft_raw, _ = _write_raw(raw)
+    writer = cv2.VideoWriter(str(raw / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (96, 64))
+    for i in range(15):
+        writer.write(np.full((64, 96, 3), (i * 17) % 255, np.uint8))
+    writer.release()
+    video = {"id": "vid", "videos": ["clip.mp4"], "messages": [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What changes?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "It gets brighter."}]},
+    ]}
+    sft_raw.write_text(sft_raw.read_text() + json.dumps(video) + "\n")
+    model_dir = tiny_family_model(family)
+    assert build_main([str(sft_raw), "--out", str(tmp_path / "build"), "--model", model_dir]) == 0
+    records = list(read_stage(tmp_path / "build"))
+    assert len(records) == 7
+    encoder = RecordEncoder(AutoProcessor.from_pretrained(model_dir))
+    root = manifest_media_root(read_manifest(tmp_path / "build"))
+    for record in records:
+        assert len(encoder(record, root).input_ids) == record["num_tokens"], record["id"]
