@@ -1,7 +1,7 @@
 """Library functions behind ``postvl dpo``: option checks, the starting model, the reference, TRL's trainer.
 
-The SFT stage's helpers (record mixing, pixel limits, LoRA targets, ViT checks, saving, plots) are reused from
-``postvl.sft.train``.
+What DPO shares with SFT (record mixing, pixel limits, LoRA targets, ViT checks, saving, plots) is in
+``postvl.training``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from postvl.dpo.config import DPOArguments
-from postvl.sft.config import VisionArguments
+from postvl.training.config import VisionArguments
 
 logger = logging.getLogger(__name__)
 

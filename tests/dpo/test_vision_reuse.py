@@ -16,7 +16,7 @@ from postvl.dpo.vision_cache import SharedVisionFeatures
 from postvl.io import read_stage
 from postvl.modeling import freeze_vision, load_model_and_processor
 from postvl.sft.data import RecordList
-from postvl.sft.train import manifest_media_root, read_manifest
+from postvl.training.data import manifest_media_root, read_manifest
 
 RTOL = 1e-5
 

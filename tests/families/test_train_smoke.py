@@ -140,7 +140,7 @@ def test_built_num_tokens_equal_the_training_encoding(tiny_family_model, tmp_pat
 
     from postvl.io import read_stage
     from postvl.sft.data import RecordEncoder
-    from postvl.sft.train import manifest_media_root, read_manifest
+    from postvl.training.data import manifest_media_root, read_manifest
 
     raw = tmp_path / "raw"
     sft_raw, _ = _write_raw(raw)

@@ -83,3 +83,30 @@ class OutputArguments:
 
     merge_adapter: bool = field(default=True, metadata={"help": "with LoRA, also save OUTPUT_DIR/merged"})
     plot: bool = field(default=True, metadata={"help": "save OUTPUT_DIR/loss.png"})
+
+
+@dataclass
+class LMHeadArguments:
+    """The LM head of the loss (``postvl.training.lm_head``): TRL's fused head or a plain matmul.
+
+    Attributes:
+        lm_head: ``auto`` (TRL's fused head on a Triton GPU, the plain head elsewhere while its logits fit
+            ``lm_head_max_logits_gb``), ``fused`` (always TRL's) or ``plain`` (always the plain head). Both give the
+            same losses and gradients.
+        lm_head_max_logits_gb: the memory ``auto`` lets the plain head's logits take per batch (trained tokens x
+            vocabulary x 8 bytes); a batch over it goes through TRL's fused head.
+        token_metrics: log entropy and top-1 token accuracy (DPO: also the mean logits) from the plain head's logits;
+            off saves their cost and logs them as NaN.
+    """
+
+    lm_head: str = field(default="auto", metadata={"help": "auto | fused | plain"})
+    lm_head_max_logits_gb: float = field(default=2.0, metadata={"help": "memory auto lets plain logits take"})
+    token_metrics: bool = field(default=True, metadata={"help": "log entropy / token accuracy (plain head)"})
+
+    def __post_init__(self) -> None:
+        from postvl.training.lm_head import LM_HEAD_PATHS
+
+        if self.lm_head not in LM_HEAD_PATHS:
+            raise ValueError(f"lm_head must be one of {LM_HEAD_PATHS}, got {self.lm_head!r}")
+        if self.lm_head_max_logits_gb <= 0:
+            raise ValueError(f"lm_head_max_logits_gb must be > 0, got {self.lm_head_max_logits_gb}")
