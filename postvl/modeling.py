@@ -572,9 +572,10 @@ TINY_VISION_QWEN3 = dict(
     num_position_embeddings=256,
 )
 # norm_topk_prob: transformers always renormalises the top-k router weights of Qwen3-VL-MoE; vLLM reads the flag from
-# the config (its Qwen3-MoE layer), so it is written out explicitly.
+# the config (its Qwen3-MoE layer), so it is written out explicitly. moe_intermediate_size 32: 2 * 32 != hidden 128, so
+# the packed experts' two layouts (see _save_experts_in_released_layout) have different shapes.
 TINY_MOE = dict(
-    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1, norm_topk_prob=True
+    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1, norm_topk_prob=True
 )
 
 
@@ -674,8 +675,30 @@ def build_tiny_model(out_dir: str | Path, *, vocab: str = "small", seed: int = 0
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    if fam.moe:
+        _save_experts_in_released_layout(out)
     processor.save_pretrained(out)
     return out
+
+
+def _save_experts_in_released_layout(folder: Path) -> None:
+    """Rewrite packed MoE experts as the released Qwen3-VL-MoE checkpoints hold them: ``[experts, in, out]``.
+
+    transformers 5 keeps them as ``[experts, out, in]`` in memory and transposes on load when the shapes differ, but
+    its save does not transpose back (the reverse op compares against the model's own shape), so a saved model has
+    the in-memory layout, which vLLM's loader (``is_fused_checkpoint_transposed``) reads wrongly
+    (https://github.com/huggingface/transformers/pull/43201, https://github.com/huggingface/transformers/pull/43227).
+    """
+    from safetensors.torch import load_file, save_file
+
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(path)
+        changed = {k: v.transpose(1, 2).contiguous() for k, v in tensors.items() if k.endswith(_PACKED_EXPERTS)}
+        if changed:
+            save_file(tensors | changed, path, metadata={"format": "pt"})
+
+
+_PACKED_EXPERTS = (".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")
 
 
 def _round_up(n: int, multiple: int) -> int:

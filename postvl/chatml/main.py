@@ -80,18 +80,33 @@ def main(argv: list[str] | None = None) -> int:
     if result.skipped:
         logging.getLogger(__name__).info("%s was already built with this config and these inputs", result.out)
     if "timings" in result.stats:  # rank 0 holds the merged stats
-        print_summary(result.stats, str(result.out))
+        print_summary(result.stats, str(result.out), family=_built_family(result.out))
     return 0
 
 
-def print_summary(stats: dict, out: str) -> None:
+def _built_family(out) -> str | None:
+    import json
+    from pathlib import Path
+
+    manifest = Path(out) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    return (json.loads(manifest.read_text()).get("config", {}).get("pixels") or {}).get("family")
+
+
+def print_summary(stats: dict, out: str, *, family: str | None = None) -> None:
     """A rich table: totals, then one row per rejection reason and per domain."""
     from rich.console import Console
     from rich.table import Table
 
     from postvl.chatml.validate import REASONS
 
-    table = Table(title=f"postvl build -> {out}", show_lines=False)
+    title = f"postvl build -> {out}"
+    if family:
+        from postvl.families import get_family
+
+        title += f" (for {get_family(family).title})"
+    table = Table(title=title, show_lines=False)
     table.add_column("", style="bold")
     table.add_column("records", justify="right")
     table.add_column("meaning")

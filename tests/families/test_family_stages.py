@@ -240,14 +240,18 @@ def test_filter_keeps_family_records_as_built(built, tmp_path):
         assert record["meta"].get("media") == before[record["id"]]["meta"].get("media")
 
 
-def test_sample_asks_and_verifies_in_the_familys_convention(built, raw, tiny_family_model, tmp_path):
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_sample_asks_and_verifies_in_the_familys_convention(built, raw, tiny_family_model, tmp_path, name):
     from transformers import AutoProcessor
 
     from postvl.rejection_sampling.stage import load_config, run_sampling
 
+    family = get_family(name)
+    gold = next(r for r in read_stage(built(name)) if r["id"] == "box")["answer"]
+
     def answer(request, i):
-        if "Find the sky" in request.prompt:  # right box in 0..1000, then a wrong one
-            box = [100, 100, 900, 900] if i % 2 == 0 else [0, 0, 50, 50]
+        if "Find the sky" in request.prompt:  # the gold box in the family's convention, then a wrong one
+            box = json.loads(gold) if i % 2 == 0 else [0, 0, 5, 5]
             return f'The sky is on top.\nAnswer: [{{"bbox_2d": {box}, "label": "sky"}}]'
         if "Does it move" in request.prompt:
             return "It changes.\nAnswer: yes"
@@ -255,11 +259,11 @@ def test_sample_asks_and_verifies_in_the_familys_convention(built, raw, tiny_fam
             return "Green.\nAnswer: B"
         return "2 + 3 = 5, so \\boxed{5}."
 
-    folder = tiny_family_model("qwen3_vl")
+    folder = tiny_family_model(name)
     gen = ScriptedGenerator(answer)
     cfg = load_config(
         None,
-        inputs=(str(built("qwen3_vl")),),
+        inputs=(str(built(name)),),
         out=str(tmp_path / "cot"),
         model=folder,
         backend="transformers",
@@ -270,13 +274,15 @@ def test_sample_asks_and_verifies_in_the_familys_convention(built, raw, tiny_fam
     )
     run_sampling(cfg, generator=gen, progress=False)
     prompts = {r.key: r.prompt for batch in gen.calls for r in batch}
-    assert prompts["box"].startswith("<|im_start|>user\n")
-    assert "relative to the image, as integers from 0 to 1000" in prompts["box"]
+    assert prompts["box"].startswith("<|im_start|>system\n") is (family.default_system is not None)
+    convention = "absolute pixel" if family.grounding == "absolute" else "relative to the image, as integers from 0"
+    assert convention in prompts["box"]
     kept = {r["id"]: r for r in read_stage(tmp_path / "cot")}
     assert kept["box#s0"]["meta"]["sampling"]["n_correct"] == 2
+    assert {r["meta"]["family"] for r in kept.values()} == {name}
     processor = AutoProcessor.from_pretrained(folder)
     for key in ("box#s0", "vid#s0"):
-        assert kept[key]["num_tokens"] == len(_processor_tokens(processor, "qwen3_vl", kept[key], raw)), key
+        assert kept[key]["num_tokens"] == len(_processor_tokens(processor, name, kept[key], raw)), key
 
 
 def test_sample_refuses_data_built_for_another_family(built, tiny_family_model, tmp_path):

@@ -71,7 +71,15 @@ def test_tiny_qwen3_vl_moe_routes_through_experts(tiny_family_model):
     text_config = model.config.text_config
     assert text_config.num_experts == 4 and text_config.num_experts_per_tok == 2
     experts = model.model.language_model.layers[0].mlp.experts
-    assert experts.gate_up_proj.shape[0] == 4  # packed: one tensor for all experts
+    assert experts.gate_up_proj.shape == (4, 2 * 32, 128)  # packed: one [experts, out, in] tensor in memory
+    # saved as the released checkpoints hold them, [experts, in, out], which vLLM reads and transformers transposes
+    from safetensors import safe_open
+
+    with safe_open(f"{tiny_family_model('qwen3_vl_moe')}/model.safetensors", "pt") as saved:
+        stored = saved.get_tensor("model.language_model.layers.0.mlp.experts.gate_up_proj")
+        assert stored.shape == (4, 128, 64)
+        assert torch.equal(stored.transpose(1, 2), experts.gate_up_proj.data)
+        assert saved.get_slice("model.language_model.layers.0.mlp.experts.down_proj").get_shape() == [4, 32, 128]
 
 
 def test_cli_tiny_model_family(tmp_path):
