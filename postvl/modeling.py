@@ -313,8 +313,9 @@ def lora_expert_parameters(model: Any) -> list[str]:
 
     The experts of every MoE layer are one module holding 3-D parameters (``gate_up_proj``: experts x 2*inter x
     hidden, ``down_proj``), not ``nn.Linear`` layers, so ``target_modules`` never reaches them: by default LoRA
-    adapts attention (and any dense MLP) while experts and routers stay frozen. These names make peft (>= 0.17) add
-    a low-rank update to each packed parameter as a whole (one adapter shared over the experts' stacked matrices).
+    adapts attention (and any dense MLP) while experts and routers stay frozen. These names make peft (>= 0.17) wrap
+    each packed parameter and add a rank-r update per expert (stored as one ``lora_A`` / ``lora_B`` of rank
+    ``r * num_experts``).
 
     Raises:
         ValueError: the model's family has no experts.
