@@ -40,10 +40,31 @@ def lora_config(model: Any, model_args: Any, vision: VisionArguments) -> Any | N
         lora_dropout=model_args.lora_dropout,
         target_modules=lora_target_regex(model, targets),
         modules_to_save=modules_to_save or None,
+        target_parameters=_target_parameters(model, model_args),
         use_rslora=model_args.use_rslora,
         use_dora=model_args.use_dora,
         task_type="CAUSAL_LM",
     )
+
+
+def _target_parameters(model: Any, model_args: Any) -> list[str] | None:
+    """``lora_target_parameters`` (TRL's ModelConfig): ``[experts]`` for every packed MoE expert parameter of the
+    language model (see ``postvl.modeling.lora_expert_parameters``), or those names themselves; nothing else, so a
+    parameter LoRA can never reach the vision tower."""
+    from postvl.modeling import lora_expert_parameters
+
+    requested = list(getattr(model_args, "lora_target_parameters", None) or [])
+    if not requested:
+        return None
+    allowed = lora_expert_parameters(model)  # raises for a family without experts
+    if requested == ["experts"]:
+        requested = allowed
+    unknown = [name for name in requested if name not in allowed]
+    if unknown:
+        raise ValueError(f"lora_target_parameters {unknown} are not packed expert parameters; allowed: {allowed}")
+    if model_args.lora_dropout:
+        raise ValueError("LoRA on packed experts needs lora_dropout 0 (peft cannot apply dropout to a parameter LoRA)")
+    return requested
 
 
 def check_vision_frozen(model: Any, vision: VisionArguments) -> None:

@@ -141,3 +141,25 @@ def test_params_command_shows_deepstack_and_expert_rows(tiny_family_model, capsy
     frozen = rows("--lora-r", "4", "--deepstack-mergers", "freeze", "--lora-experts")
     assert frozen["deepstack mergers"][0] == "0" and frozen["merger"][1] == "0"
     assert int(frozen["lora"][0].replace(",", "")) > int(default["lora"][0].replace(",", ""))  # expert adapters
+
+
+def test_lora_target_parameters_of_the_training_config_reach_only_experts(tiny_family_model):
+    from trl import ModelConfig
+
+    from postvl.training.config import VisionArguments
+    from postvl.training.model import lora_config
+
+    moe = _model(tiny_family_model, "qwen3_vl_moe")
+    vision = VisionArguments()
+    config = lora_config(moe, ModelConfig(use_peft=True, lora_dropout=0.0, lora_target_parameters=["experts"]), vision)
+    assert sorted(config.target_parameters) == ["experts.down_proj", "experts.gate_up_proj"]
+    assert lora_config(moe, ModelConfig(use_peft=True), vision).target_parameters is None  # default: no experts
+    assert "deepstack_merger_list.0" in lora_config(moe, ModelConfig(use_peft=True), vision).modules_to_save
+    with pytest.raises(ValueError, match="not packed expert parameters"):
+        lora_config(moe, ModelConfig(use_peft=True, lora_dropout=0.0, lora_target_parameters=["pos_embed.weight"]),
+                    vision)
+    with pytest.raises(ValueError, match="lora_dropout 0"):
+        lora_config(moe, ModelConfig(use_peft=True, lora_dropout=0.05, lora_target_parameters=["experts"]), vision)
+    with pytest.raises(ValueError, match="no mixture-of-experts"):
+        lora_config(_model(tiny_family_model, "qwen3_vl"),
+                    ModelConfig(use_peft=True, lora_dropout=0.0, lora_target_parameters=["experts"]), vision)
