@@ -161,3 +161,20 @@ def test_built_num_tokens_equal_the_training_encoding(tiny_family_model, tmp_pat
     root = manifest_media_root(read_manifest(tmp_path / "build"))
     for record in records:
         assert len(encoder(record, root).input_ids) == record["num_tokens"], record["id"]
+
+
+@pytest.mark.slow
+def test_lora_sft_on_packed_experts_changes_them(tiny_family_model, tmp_path):
+    model_dir = tiny_family_model("qwen3_vl_moe")
+    sft_raw, _ = _write_raw(tmp_path / "raw")
+    assert build_main([str(sft_raw), "--out", str(tmp_path / "data"), "--model", model_dir]) == 0
+    out = tmp_path / "sft"
+    argv = ["--config", str(CONFIGS / "sft" / "tiny_cpu.yaml"), "--model_name_or_path", model_dir,
+            "--datasets", str(tmp_path / "data"), "--output_dir", str(out), "--max_steps", "2", "--plot", "false",
+            "--lora_target_parameters", "experts", "--lora_dropout", "0"]
+    assert sft_main(argv) == 0
+    base = load_file(Path(model_dir) / "model.safetensors")
+    changed = _changed(base, load_file(out / "merged" / "model.safetensors"))
+    vit, _, _ = _split(base, "qwen3_vl_moe")
+    assert any(".mlp.experts." in k for k in changed) and not vit & changed
+    assert not any(".mlp.gate." in k for k in changed)  # routers stay frozen
