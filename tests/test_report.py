@@ -15,11 +15,11 @@ FORMATS = Path(__file__).parent / "data" / "formats"
 def test_report_embeds_funnel_domains_curves_and_records(tmp_path, capsys):
     run = tmp_path / "run"
     assert build_main([str(FORMATS / "llamafactory" / "data" / "mllm_demo.json"), "--out", str(run / "01_build")]) == 0
-    tag = run / "02_tag"
+    tag = run / "03_tag"
     tag.mkdir()
     (tag / "stats.json").write_text(json.dumps({"total": 6, "kept": 5, "rejected": 1, "reasons": {"x_y": 1},
                                                 "domains": {"perception": 4, "document": 1}}))
-    sft = run / "05_sft" / "checkpoint-2"
+    sft = run / "06_sft" / "checkpoint-2"
     sft.mkdir(parents=True)
     (sft / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 1, "loss": 2.0},
                                                                          {"step": 2, "loss": 1.5}]}))
