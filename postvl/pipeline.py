@@ -71,7 +71,8 @@ class PipelineConfig:
         run_dir: the run folder (``--run-dir`` overrides it).
         inputs: raw files / folders for ``build``; ``{run_dir}`` is replaced by the run folder.
         model: the base model (hub id or folder) for sampling and SFT; ``{run_dir}`` is replaced.
-        synth: ``{n, seed}``: first write a synthetic dataset to ``RUN_DIR/raw`` (``postvl synth``).
+        synth: ``{n, seed, defect_rate, pairs, kinds}``: first write a synthetic dataset to ``RUN_DIR/raw``
+            (``postvl synth``; keys left out take its defaults).
         tiny_model: ``{vocab, seed}``: first write a tiny offline model to ``model`` (``postvl tiny-model``).
         base_model: ``{seed, n, steps}``: first write the demo's base model to ``model`` (``postvl demo-model``).
         stages: per-stage settings, keyed by ``build``, ``split``, ``tag``, ``filter``, ``sample``, ``sft``, ``dpo``,
@@ -376,6 +377,10 @@ def _prepare(cfg: PipelineConfig, run_dir: Path) -> None:
             "--seed",
             str(cfg.synth.get("seed", 0)),
         ]
+        for key in ("defect_rate", "pairs", "kinds"):
+            if cfg.synth.get(key) is not None:
+                value = cfg.synth[key]
+                args += [f"--{key.replace('_', '-')}", ",".join(value) if isinstance(value, list) else str(value)]
         subprocess.run([sys.executable, "-m", "postvl.cli", *args], check=True)
     if cfg.base_model is not None and not (Path(cfg.model) / "config.json").is_file():
         args = ["demo-model", cfg.model]
@@ -414,7 +419,7 @@ def eval_summary(run_dir: str | Path) -> str:
     if not path.is_file():
         return ""
     report = json.loads(path.read_text())
-    models = list(report["models"])
+    models = report.get("order") or list(report["models"])
     first = report["models"][models[0]]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     rows = [("held-out accuracy (%)", "questions", *models)]

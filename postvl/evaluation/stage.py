@@ -492,6 +492,7 @@ def _write_results(
             name: {"path": path, **model_metrics([r for r in per_model[name] if r.id not in invalid])}
             for name, path in models
         },
+        "order": [name for name, _ in models],  # eval.json's keys are sorted; this is the order asked for
         "questions": len(questions) - len(invalid),
         "k": cfg.k,
         "temperature": cfg.temperature,
@@ -531,7 +532,7 @@ def _pct(value: float | None) -> str:
 
 def summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
     """The side-by-side table: a header, then one row per metric and group, one column per model."""
-    models = list(report["models"])
+    models = report.get("order") or list(report["models"])
     rows = [["", "questions", *models]]
     first = report["models"][models[0]] if models else {}
 
@@ -586,7 +587,7 @@ def plot_eval(report: Mapping[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(report["models"])
+    models = report.get("order") or list(report["models"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     width = 0.8 / max(1, len(models))
     overall = [("accuracy", "accuracy"), ("pass@k", f"pass@{report['k']}")]

@@ -1,6 +1,6 @@
 """``postvl demo-model``: the demo's base model, a tiny Qwen2.5-VL taught the synthetic tasks' answer forms.
 
-    postvl demo-model runs/demo/model [--seed 0] [--n 600] [--steps 150]
+    postvl demo-model runs/demo/model [--seed 0] [--n 600] [--steps 150] [--retrain]
 
 A random tiny model answers nothing right, so rejection sampling on it keeps nothing and DPO has no sampled pair. This
 makes a weak but not hopeless one, offline and reproducibly:
@@ -13,6 +13,11 @@ makes a weak but not hopeless one, offline and reproducibly:
    instruction names and nothing else: ``\\boxed{gold}`` or ``Answer: gold``;
 4. ``postvl build`` and a short full fine-tune with ``postvl sft`` (``steps`` steps; vision tower frozen, as in the
    recipe), saved to ``OUT``.
+
+The weights of ``--seed 0 --n 600 --steps 150`` ship in ``postvl/assets/demo_base/`` (2.7 MB; training them takes
+minutes on a 2-core CPU), so with those arguments step 4 copies them, unless ``--retrain``; steps 1-3 always run
+(seconds), so that ``OUT/_base/build`` holds what the model was trained on and ``postvl eval`` can check the eval
+split against it.
 
 The short training is the point: the model learns the answer forms and the answers' distribution per task, and
 gets some questions right some of the time, which is what rejection sampling, SFT on its selected samples and DPO
@@ -35,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 WORK = "_base"
 SEED_OFFSET = 1000
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "demo_base"
+NOTE = "demo_base.json"
 # SFT settings of the base model (TRL SFTConfig / ModelConfig keys and postvl's), on top of the tiny CPU config.
 SFT_ARGS = {
     "use_peft": "false",
@@ -88,7 +95,13 @@ def training_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def make_base_model(
-    out: str | Path, *, seed: int = 0, n: int = 600, steps: int = 150, sft_config: str | None = None
+    out: str | Path,
+    *,
+    seed: int = 0,
+    n: int = 600,
+    steps: int = 150,
+    sft_config: str | None = None,
+    retrain: bool = False,
 ) -> Path:
     """Write the demo base model to ``out`` (see the module docstring); returns ``out``.
 
@@ -98,6 +111,7 @@ def make_base_model(
         n: synthetic records to draw (the clean single-image and text questions among them are trained on).
         steps: optimizer steps.
         sft_config: the SFT YAML the settings above are laid over (default: ``configs/sft/tiny_cpu.yaml``).
+        retrain: train even when the shipped weights were made with these arguments.
     """
     from postvl.chatml.build import BuildConfig, run_build
     from postvl.modeling import build_tiny_model
@@ -114,36 +128,37 @@ def make_base_model(
     rows = training_records(records)
     (raw / "base.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     run_build(BuildConfig(inputs=(str(raw / "base.jsonl"),), out=str(work / "build"), model=str(init)), progress=False)
+    settings = {"seed": seed, "n": n, "steps": steps}
+    shipped = SHIPPED / NOTE
+    if not retrain and sft_config is None and shipped.is_file() and _settings(shipped) == settings:
+        logger.info("using the shipped weights of %s (made with %s; --retrain trains them again)", SHIPPED, settings)
+        source = SHIPPED
+    else:
+        source = _train(init, work, seed=seed, steps=steps, sft_config=sft_config)
+    for item in source.iterdir():  # the trained model and its processor, at the top of OUT
+        if item.is_file() and item.name != NOTE and not item.name.startswith(("training_args", "trainer_state")):
+            shutil.copy2(item, out / item.name)
+    note = settings | {"trained_on": str(work / "build"), "records": len(rows), "weights": str(source)}
+    (out / NOTE).write_text(json.dumps(note, indent=2) + "\n")
+    return out
+
+
+def _settings(note: Path) -> dict[str, Any]:
+    data = json.loads(note.read_text())
+    return {k: data.get(k) for k in ("seed", "n", "steps")}
+
+
+def _train(init: Path, work: Path, *, seed: int, steps: int, sft_config: str | None) -> Path:
+    """``postvl sft`` (full fine-tuning, one process) of ``init`` on ``work/build``; returns its output folder."""
     config = sft_config or str(Path(__file__).resolve().parents[2] / "configs" / "sft" / "tiny_cpu.yaml")
     args = {**SFT_ARGS, "max_steps": str(steps), "seed": str(seed)}
-    command = [
-        sys.executable,
-        "-m",
-        "postvl.cli",
-        "sft",
-        "--config",
-        config,
-        "--model_name_or_path",
-        str(init),
-        "--datasets",
-        str(work / "build"),
-        "--output_dir",
-        str(work / "sft"),
-    ]
+    command = [sys.executable, "-m", "postvl.cli", "sft", "--config", config, "--model_name_or_path", str(init)]
+    command += ["--datasets", str(work / "build"), "--output_dir", str(work / "sft")]
     for key, value in args.items():
         command += [f"--{key}", value]
     logger.info("training the demo base model: %s", " ".join(command))
     subprocess.run(command, check=True)
-    for item in (work / "sft").iterdir():  # the trained model and its processor, at the top of OUT
-        if item.is_file() and not item.name.startswith(("training_args", "trainer_state")):
-            shutil.copy2(item, out / item.name)
-    (out / "demo_base.json").write_text(
-        json.dumps(
-            {"seed": seed, "n": n, "steps": steps, "trained_on": str(work / "build"), "records": len(rows)}, indent=2
-        )
-        + "\n"
-    )
-    return out
+    return work / "sft"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=600, help="synthetic records to draw (default 600)")
     parser.add_argument("--steps", type=int, default=150, help="SFT steps (default 150)")
     parser.add_argument("--sft-config", help="SFT YAML under the settings (default: configs/sft/tiny_cpu.yaml)")
+    parser.add_argument("--retrain", action="store_true", help="train even where shipped weights match")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = make_base_model(args.out, seed=args.seed, n=args.n, steps=args.steps, sft_config=args.sft_config)
+    out = make_base_model(
+        args.out, seed=args.seed, n=args.n, steps=args.steps, sft_config=args.sft_config, retrain=args.retrain
+    )
     print(f"demo base model saved to {out} (trained on {out / WORK / 'build'})")
     return 0
 

@@ -129,3 +129,9 @@ def rig_constant_model(src: str | Path, dst: str | Path, answer: str, *, scale: 
 @pytest.fixture
 def fixed_generator() -> type[FixedGenerator]:
     return FixedGenerator
+
+
+@pytest.fixture
+def rig_constant() -> Callable[..., Path]:
+    """``rig_constant_model`` (a tiny model rewired to answer one fixed text)."""
+    return rig_constant_model
