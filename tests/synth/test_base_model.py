@@ -50,3 +50,22 @@ def test_synth_kinds_draws_only_those_clean_kinds(tmp_path):
     assert "--kinds yesno,counting" in (tmp_path / "README.md").read_text()
     with pytest.raises(ValueError, match="unknown \\['yes_no'\\]"):
         SynthConfig(out=str(tmp_path / "x"), kinds=("yes_no",))
+
+
+@pytest.mark.slow
+def test_the_shipped_weights_come_with_the_data_they_were_trained_on(tmp_path):
+    """With the shipped arguments, demo-model rebuilds the training data (the same 424 questions) and copies the
+    shipped weights; with others it would train."""
+    from postvl.synth.base_model import SHIPPED, make_base_model
+
+    out = make_base_model(tmp_path / "model", seed=0, n=600, steps=150)
+    note = json.loads((out / "demo_base.json").read_text())
+    shipped = json.loads((SHIPPED / "demo_base.json").read_text())
+    assert note["records"] == shipped["records"] == 424
+    assert (out / "model.safetensors").read_bytes() == (SHIPPED / "model.safetensors").read_bytes()
+    from postvl.io import read_stats
+
+    assert read_stats(note["trained_on"])["kept"] == 424
+    from transformers import AutoModelForImageTextToText
+
+    assert AutoModelForImageTextToText.from_pretrained(out).config.model_type == "qwen2_5_vl"
