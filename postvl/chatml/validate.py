@@ -2,38 +2,49 @@
 
 ``finish_record(draft, ctx)`` turns a draft from ``postvl.chatml.formats`` into a contract record or raises
 ``RecordError``. It checks the conversation, matches media parts with media files, resolves every file safely under
-the media root, probes its size (no pixel decode), counts its vision tokens under the pixel limits, and rescales
-grounding coordinates into the resized image's pixel space, the space Qwen2.5-VL reads and writes absolute
-coordinates in:
+the media root, probes its size (no pixel decode), counts its vision tokens under the pixel limits, and rewrites
+grounding coordinates (given in pixels of the source image) into the family's convention
+(``postvl.families.Family.grounding``): the resized image's pixel space for Qwen2.5-VL, integers 0..1000 relative
+to the image for Qwen2-VL and Qwen3-VL:
 
 - Qwen2.5-VL JSON (``"bbox_2d": [x1, y1, x2, y2]``, ``"point_2d": [x, y]``, fenced in ```` ```json ```` or not) in
   any text part: checked against the original image, rewritten in place, the rest of the text untouched;
 - ms-swift ``objects``: ``<ref-object>`` becomes ``<|object_ref_start|>ref<|object_ref_end|>`` and ``<bbox>``
   becomes ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` as ms-swift's Qwen2.5-VL template writes them.
 
-Rescaling is ms-swift's rule, ``int(round(x / width * resized_width))``. Original and resized sizes go into
-``meta["media"]``.
+Rescaling is ms-swift's rule, ``int(round(x / width * resized_width))`` (``* 1000`` for relative boxes). Original and
+resized sizes go into ``meta["media"]``; the family into ``meta["family"]``; the text parts as they were before the
+rewrite (and ms-swift ``objects``) into ``meta["grounding"]["source"]``, so that the boxes can be rewritten for
+another family (``reground``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from postvl.families import Family, data_family
 from postvl.media import (
     MediaProber,
     PixelConfig,
+    VideoTokens,
     image_token_count,
     is_url,
     relative_to_root,
     resized_image_size,
     resolve_media_path,
-    video_token_count,
+    video_tokens,
 )
+from postvl.media_store import DEFAULT_MAX_IMAGE_PIXELS, MediaStore, check_pixel_cap, is_embedded
 from postvl.records import ANSWER_TYPES, RecordError, check_conversation
+
+VideoCount = int | VideoTokens
 
 # Every code a build can report, with what it means (the summary table and the docs use it).
 REASONS: dict[str, str] = {
@@ -52,13 +63,16 @@ REASONS: dict[str, str] = {
     "special_token_in_text": "text contains a chat-template or vision token (<|im_start|>, <|image_pad|>, ...)",
     "placeholder_media_mismatch": "image/video parts and image/video files differ in number",
     "missing_media": "a media file does not exist",
-    "empty_media": "a media file has 0 bytes",
+    "empty_media": "a media file (or embedded medium) has 0 bytes",
     "corrupt_media": "a media file cannot be read (bad header, truncated)",
     "extreme_aspect_ratio": "an image with aspect ratio over 200, which the processor refuses",
     "video_too_short": "a video too short to give one temporal patch",
+    "video_without_fps": "a video whose container names no frame rate, for a family that writes timestamps",
+    "media_in_text_only_turn": "an image or video in a turn the family's template renders as text only",
     "media_outside_root": "a media path that escapes the media root",
     "url_not_allowed": "a media URL without --allow-urls",
-    "unsupported_media": "audio, or media embedded as bytes",
+    "unsupported_media": "audio, or embedded media in an input that cannot carry them (JSON)",
+    "media_too_large": "an image whose header is above the pixel cap (decompression bombs included)",
     "bbox_out_of_image": "a box outside the original image",
     "point_out_of_image": "a point outside the original image",
     "invalid_bbox": "a box with x2 < x1 or y2 < y1, or not 4 numbers",
@@ -90,12 +104,34 @@ _SWIFT_TAGS = re.compile(r"(<ref-object>|<bbox>)")
 
 @dataclass
 class BuildContext:
-    """What validation needs besides the record: the media root, URL policy, pixel limits and a probe cache."""
+    """What validation needs besides the record: the media root, URL policy, pixel limits and a probe cache.
+
+    With a ``store`` (a build whose inputs carry embedded media), ``media_root`` is the output folder: embedded media
+    are written into the store, and media files, resolved and confined under ``files_root``, are linked into it, so
+    that every record's paths live under the one media root.
+    """
 
     media_root: str
     allow_urls: bool = False
     pixels: PixelConfig = field(default_factory=PixelConfig)
     prober: MediaProber = field(default_factory=MediaProber)
+    store: MediaStore | None = None
+    files_root: str | None = None
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    _resolved_root: str | None = field(default=None, init=False, repr=False)
+
+    def relative(self, path: str) -> str:
+        """A resolved path as stored in a record: relative to the media root (URLs unchanged)."""
+        root = self._resolved_root
+        if root is None:
+            root = self._resolved_root = str(Path(self.media_root).resolve())
+        if path.startswith(root + os.sep):  # resolved paths under the root: no filesystem call per image
+            return Path(path[len(root) + 1 :]).as_posix()
+        return relative_to_root(path, self.media_root)
+
+    @property
+    def family(self) -> Family:
+        return data_family(self.pixels.family)
 
 
 @dataclass
@@ -103,9 +139,10 @@ class MediaSizes:
     """Per-record media facts found while validating: token counts and sizes in placeholder order."""
 
     image_tokens: list[int] = field(default_factory=list)
-    video_tokens: list[int] = field(default_factory=list)
+    video_tokens: list[VideoCount] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
     videos: list[dict[str, Any]] = field(default_factory=list)
+    grounding: str = "absolute"  # the family's box convention (postvl.families.Grounding)
 
 
 def finish_record(
@@ -132,6 +169,7 @@ def finish_record(
         raise RecordError("invalid_answer_type", f"{draft['answer_type']!r} is not one of {', '.join(ANSWER_TYPES)}")
     all_messages = _all_messages(draft)
     check_media_counts(all_messages, draft.get("images") or [], draft.get("videos") or [])
+    check_media_turns(all_messages, ctx.family)
     sizes = probe_media(draft, ctx, base=base)
     grounding = rescale_grounding(draft, sizes)
     answer_box = rescale_answer_box(draft, sizes)
@@ -141,9 +179,10 @@ def finish_record(
     record["images"] = [m["path"] for m in sizes.images]
     record["videos"] = [m["path"] for m in sizes.videos]
     meta = dict(record["meta"])
+    meta["family"] = ctx.family.name
     if sizes.images or sizes.videos:
         meta["media"] = {"images": sizes.images, "videos": sizes.videos}
-        meta["vision_tokens"] = sum(sizes.image_tokens) + sum(sizes.video_tokens)
+        meta["vision_tokens"] = sum(sizes.image_tokens) + sum(_pads(v) for v in sizes.video_tokens)
     if grounding:
         meta["grounding"] = grounding
     record["meta"] = meta
@@ -196,6 +235,24 @@ def check_special_tokens(messages: list[dict[str, Any]]) -> None:
                     raise RecordError("special_token_in_text", f"{hit} in a {msg['role']} turn")
 
 
+def check_media_turns(messages: list[dict[str, Any]], family: Family) -> None:
+    """``media_in_text_only_turn`` when the family's template would drop a media part (Qwen3-VL renders only the
+    text of system and assistant turns)."""
+    if family.default_system is not None:  # Qwen2-VL / Qwen2.5-VL render media in every turn
+        return
+    for msg in messages:
+        if msg["role"] in ("system", "assistant") and any(p["type"] != "text" for p in msg["content"]):
+            raise RecordError(
+                "media_in_text_only_turn",
+                f"{family.title}'s chat template drops images and videos in {msg['role']} turns: move them to a "
+                "user turn",
+            )
+
+
+def _pads(value: VideoCount) -> int:
+    return value.pads if isinstance(value, VideoTokens) else int(value)
+
+
 def check_media_counts(messages: list[dict[str, Any]], images: list[Any], videos: list[Any]) -> None:
     n_images = sum(p["type"] == "image" for m in messages for p in m["content"])
     n_videos = sum(p["type"] == "video" for m in messages for p in m["content"])
@@ -207,56 +264,118 @@ def check_media_counts(messages: list[dict[str, Any]], images: list[Any], videos
 
 
 def probe_media(draft: Mapping[str, Any], ctx: BuildContext, *, base: str | None = None) -> MediaSizes:
-    """Resolve, probe and count every image and video of a draft."""
-    sizes = MediaSizes()
+    """Resolve (or store), probe and count every image and video of a draft."""
+    sizes = MediaSizes(grounding=ctx.family.grounding)
+    timestamps = ctx.family.video_timestamps
     for ref in draft.get("images") or []:
-        path = _resolve(ref, ctx, base)
-        if is_url(path):
+        path, info, origin = _image(ref, ctx, base)
+        if info is None:
             sizes.images.append({"path": path})
             sizes.image_tokens.append(-1)
             continue
-        info = ctx.prober.image(path)
         rh, rw = resized_image_size(info.height, info.width, ctx.pixels)
         tokens = image_token_count(info.height, info.width, ctx.pixels)
         sizes.image_tokens.append(tokens)
         sizes.images.append(
             {
-                "path": relative_to_root(path, ctx.media_root),
+                "path": ctx.relative(path),
                 "width": info.width,
                 "height": info.height,
                 "resized_width": rw,
                 "resized_height": rh,
                 "tokens": tokens,
+                **origin,
             }
         )
     for ref in draft.get("videos") or []:
-        path = _resolve(ref, ctx, base)
-        if is_url(path):
+        path, info, origin = _video(ref, ctx, base)
+        if info is None:
             sizes.videos.append({"path": path})
             sizes.video_tokens.append(-1)
             continue
-        info = ctx.prober.video(path)
-        tokens = video_token_count(info, ctx.pixels)
-        sizes.video_tokens.append(tokens)
-        sizes.videos.append(
-            {
-                "path": relative_to_root(path, ctx.media_root),
-                "frames": info.num_frames,
-                "fps": info.fps,
-                "width": info.width,
-                "height": info.height,
-                "tokens": tokens,
-            }
-        )
+        layout = video_tokens(info, ctx.pixels)
+        sizes.video_tokens.append(layout if timestamps else layout.pads)
+        entry = {
+            "path": ctx.relative(path),
+            "frames": info.num_frames,
+            "fps": info.fps,
+            "width": info.width,
+            "height": info.height,
+            "tokens": layout.pads,
+            **origin,
+        }
+        if timestamps:
+            entry["layout"] = layout.to_json()
+        sizes.videos.append(entry)
     return sizes
 
 
+def _image(ref: Any, ctx: BuildContext, base: str | None) -> tuple[str, Any, dict[str, Any]]:
+    """(absolute path or URL, header info or ``None`` for a URL, where the medium came from)."""
+    if is_embedded(ref):
+        path, info, name = _store(ctx).put_image(ref)
+        return path, info, {"origin": "embedded", "original": name}
+    path = _resolve(ref, ctx, base)
+    if is_url(path):
+        return path, None, {}
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap below decides
+            info = ctx.prober.image(path)
+    except Image.DecompressionBombError as err:  # PIL refuses to open a header this large
+        raise RecordError("media_too_large", f"{path}: {err} (cap: {ctx.max_image_pixels} pixels)") from err
+    check_pixel_cap(info.width, info.height, ctx.max_image_pixels, path)
+    return _linked(path, ctx), info, _file_origin(path, ctx)
+
+
+def _video(ref: Any, ctx: BuildContext, base: str | None) -> tuple[str, Any, dict[str, Any]]:
+    if is_embedded(ref):
+        path, info, name = _store(ctx).put_video(ref)
+        check_pixel_cap(info.width, info.height, ctx.max_image_pixels, f"video {name or path} frame")
+        return path, info, {"origin": "embedded", "original": name}
+    path = _resolve(ref, ctx, base)
+    if is_url(path):
+        return path, None, {}
+    info = ctx.prober.video(path)
+    check_pixel_cap(info.width, info.height, ctx.max_image_pixels, f"video {path} frame")
+    return _linked(path, ctx), info, _file_origin(path, ctx)
+
+
+def _store(ctx: BuildContext) -> MediaStore:
+    if ctx.store is None:
+        raise RecordError(
+            "unsupported_media",
+            "media embedded as bytes in an input that cannot carry them (JSON); give a Parquet file, a saved "
+            "dataset or an hf:// dataset, or save the media as files under the media root",
+        )
+    return ctx.store
+
+
+def _linked(path: str, ctx: BuildContext) -> str:
+    return ctx.store.link_file(path) if ctx.store is not None else path
+
+
+def _file_origin(path: str, ctx: BuildContext) -> dict[str, Any]:
+    if ctx.store is None:
+        return {}
+    return {"origin": "file", "original": relative_to_root(path, ctx.files_root or ctx.media_root)}
+
+
 def _resolve(ref: Any, ctx: BuildContext, base: str | None) -> str:
-    if isinstance(ref, Mapping):  # datasets Image(decode=False): {"bytes", "path"}
-        if ref.get("bytes"):
-            raise RecordError("unsupported_media", "media embedded as bytes: save them as files under the media root")
+    if isinstance(ref, Mapping):  # datasets Image(decode=False) without bytes: {"bytes": None, "path": ...}
         ref = ref.get("path")
-    return resolve_media_path(ref, ctx.media_root, base=base, allow_urls=ctx.allow_urls)
+    root = ctx.files_root if ctx.store is not None else ctx.media_root
+    if root is None:
+        if isinstance(ref, str) and is_url(ref):
+            return resolve_media_path(ref, ctx.media_root, allow_urls=ctx.allow_urls)
+        raise RecordError(
+            "missing_media",
+            f"media reference {ref!r:.120} is a path, but the input is a hub dataset with no folder of its own; "
+            "pass --media-root where those files are",
+        )
+    return resolve_media_path(ref, root, base=base, allow_urls=ctx.allow_urls)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -280,7 +399,16 @@ def rescale_grounding(draft: dict[str, Any], sizes: MediaSizes) -> dict[str, Any
     if not has_json and not (objects and (objects["ref"] or objects["bbox"])):
         _check_no_swift_tags(messages)
         return None
-    summary: dict[str, Any] = {"boxes": 0, "points": 0}
+    summary: dict[str, Any] = {"boxes": 0, "points": 0, "convention": sizes.grounding}
+    # The texts as given (source-image pixels), so that the coordinates can be rewritten for another family.
+    source = {
+        f"{i}.{j}": p["text"]
+        for i, m in enumerate(messages)
+        for j, p in enumerate(m["content"])
+        if p["type"] == "text"
+        and (_BBOX_2D.search(p["text"]) or _POINT_2D.search(p["text"]) or _SWIFT_TAGS.search(p["text"]))
+    }
+    summary["source"] = {"texts": source} | ({"objects": dict(objects)} if objects else {})
     if has_json:
         image = _grounding_image(sizes, None)
         for msg in messages:
@@ -308,7 +436,7 @@ def rescale_answer_box(draft: dict[str, Any], sizes: MediaSizes) -> Any:
     if not all(isinstance(b, list) and len(b) == 4 and all(isinstance(v, int | float) for v in b) for b in boxes):
         return None
     image = _grounding_image(sizes, None)
-    w, h, rw, rh = image["width"], image["height"], image["resized_width"], image["resized_height"]
+    w, h, rw, rh = image["width"], image["height"], image["target_width"], image["target_height"]
     scaled = []
     for box in boxes:
         _check_box([float(v) for v in box], image)
@@ -331,7 +459,12 @@ def _grounding_image(sizes: MediaSizes, image_id: int | None) -> dict[str, Any]:
     shapes = {(m["width"], m["height"], m["resized_width"], m["resized_height"]) for m in chosen}
     if len(shapes) > 1:
         raise RecordError("ambiguous_grounding", f"coordinates with {len(chosen)} images of different sizes")
-    return chosen[0]
+    image = dict(chosen[0])
+    # Where coordinates land: the resized image's pixels (absolute) or 0..1000 of the image (relative_1000).
+    relative = sizes.grounding == "relative_1000"
+    image["target_width"] = 1000 if relative else image["resized_width"]
+    image["target_height"] = 1000 if relative else image["resized_height"]
+    return image
 
 
 def _scale(value: float, size: int, resized: int) -> int:
@@ -348,7 +481,7 @@ def _check_box(box: list[float], image: Mapping[str, Any]) -> None:
 
 
 def _rewrite_json_coords(text: str, image: Mapping[str, Any], summary: dict[str, Any]) -> str:
-    w, h, rw, rh = image["width"], image["height"], image["resized_width"], image["resized_height"]
+    w, h, rw, rh = image["width"], image["height"], image["target_width"], image["target_height"]
 
     def box(match: re.Match[str]) -> str:
         g = match.groups()
@@ -400,7 +533,7 @@ def _apply_objects(
         else:
             summary["points"] += 1
         scaled = [
-            _scale(v, w if i % 2 == 0 else h, image["resized_width"] if i % 2 == 0 else image["resized_height"])
+            _scale(v, w if i % 2 == 0 else h, image["target_width"] if i % 2 == 0 else image["target_height"])
             for i, v in enumerate(bbox)
         ]
         rendered.append(",".join(f"({x},{y})" for x, y in zip(scaled[::2], scaled[1::2], strict=True)))

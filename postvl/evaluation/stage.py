@@ -31,6 +31,7 @@ from typing import Any
 
 from postvl.evaluation.contamination import OverlapConfig, OverlapReport, check_overlap
 from postvl.evaluation.metrics import JudgedSample, QuestionResult, group_keys, model_metrics
+from postvl.families import check_same_family
 from postvl.generation import BACKENDS, Generator, Request, Sample, SamplingParams
 from postvl.records import RecordError
 from postvl.rejection_sampling.stage import DEFAULT_HYGIENE
@@ -92,6 +93,7 @@ class EvalConfig:
     plot: bool = True
 
     def __post_init__(self) -> None:
+        from postvl.families import LEGACY_FAMILY
         from postvl.io import input_paths
         from postvl.rejection_sampling.prompts import resolve_prompts
         from postvl.rejection_sampling.verify import VerifyConfig
@@ -120,7 +122,7 @@ class EvalConfig:
             errors.append("hygiene.final_answer is set per answer type from the prompts (prompts.<type>.form)")
         for check in (
             self.sampling_params,
-            lambda: resolve_prompts(self.prompts),
+            lambda: resolve_prompts(self.prompts, family=LEGACY_FAMILY),  # validity does not depend on the family
             lambda: VerifyConfig(**dict(self.verify)),
             lambda: OverlapConfig(**dict(self.overlap)),
         ):
@@ -218,10 +220,11 @@ class Evaluator:
         cfg: the stage config.
         media_root: where the records' media resolve.
         pixels: the dataset's pixel limits (video frames are sampled with them).
+        family: the models' family (``postvl.families``): the chat template and the box convention asked for.
         tokenizer: for the ``too_long`` hygiene check (in tokens); ``None``: characters.
     """
 
-    def __init__(self, cfg: EvalConfig, media_root: str, pixels: Any, tokenizer: Any = None) -> None:
+    def __init__(self, cfg: EvalConfig, media_root: str, pixels: Any, family: Any, tokenizer: Any = None) -> None:
         from postvl.rejection_sampling.hygiene import FinalAnswerForm, HygieneChecker
         from postvl.rejection_sampling.prompts import resolve_prompts
         from postvl.rejection_sampling.verify import VerifyConfig
@@ -229,7 +232,8 @@ class Evaluator:
         self.cfg = cfg
         self.media_root = media_root
         self.pixels = pixels
-        self.prompts = resolve_prompts(cfg.prompts)
+        self.family = family
+        self.prompts = resolve_prompts(cfg.prompts, family=family)
         self.verify_config = VerifyConfig(**dict(cfg.verify))
         base = HygieneChecker.from_config(dict(cfg.hygiene), tokenizer=tokenizer)
         self.checkers = {
@@ -257,7 +261,9 @@ class Evaluator:
         try:
             question = question_messages(record["messages"])
             prompt = render(
-                with_instruction(question, self.prompts[answer_type].instruction), add_generation_prompt=True
+                with_instruction(question, self.prompts[answer_type].instruction),
+                family=self.family,
+                add_generation_prompt=True,
             )
         except ValueError as err:
             return "no_question", str(err)
@@ -355,8 +361,16 @@ def run_eval(
     media_root = cfg.media_root or media_root
     if media_root is None:
         raise ValueError(f"{folder}'s manifest names no media_root: pass --media-root")
-    pixels = PixelConfig(**pixels) if pixels else PixelConfig()
     models = cfg.named_models()
+    # every model must suit the data (its template, token counts and box convention): the family check of sampling
+    families = [check_same_family(pixels and pixels.get("family"), path, what=str(folder)) for _, path in models]
+    if len({f.template_file for f in families}) > 1:
+        raise ValueError(
+            f"postvl eval: the models render prompts differently ({[f.name for f in families]}); "
+            "evaluate models of one family together"
+        )
+    family = families[0]
+    pixels = PixelConfig(**pixels) if pixels else family.pixel_config()
     resolved = dataclasses.asdict(cfg) | {
         "inputs": list(cfg.inputs),
         "input_folder": str(folder),
@@ -376,7 +390,7 @@ def run_eval(
         else:
             records = list(read_records([str(folder)], kinds=("sft",)))
             overlap = check_overlap(read_records(cfg.train), records, OverlapConfig(**dict(cfg.overlap)))
-            evaluator = Evaluator(cfg, str(media_root), pixels, _load_tokenizer(models[0][1]))
+            evaluator = Evaluator(cfg, str(media_root), pixels, family, _load_tokenizer(models[0][1]))
             questions = _questions(records, overlap, evaluator, writer)
             per_model: dict[str, list[QuestionResult]] = {}
             invalid: dict[str, str] = {}

@@ -85,7 +85,9 @@ def test_a_preference_pair_is_checked_by_its_prompt():
     assert view["messages"] == pair["prompt"] and view["images"] == ["a.png"]
 
 
-def test_eval_drops_overlapping_records_with_their_reason(eval_data, tmp_path, monkeypatch, fixed_generator):
+def test_eval_drops_overlapping_records_with_their_reason(
+    eval_data, tmp_path, monkeypatch, fixed_generator, tiny_model_small
+):
     """Planted copies of two eval questions in the training data: both are dropped, named and counted."""
     from postvl.io import read_stage
 
@@ -106,7 +108,7 @@ def test_eval_drops_overlapping_records_with_their_reason(eval_data, tmp_path, m
     cfg = EvalConfig(
         inputs=(str(eval_data),),
         out=str(tmp_path / "eval"),
-        models=("m=unused",),
+        models=(f"m={tiny_model_small}",),
         train=(str(train),),
         k=2,
         max_tokens=8,

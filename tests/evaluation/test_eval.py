@@ -24,11 +24,11 @@ B = {
 }
 
 
-def _cfg(eval_data, tmp_path, **kw) -> EvalConfig:
+def _cfg(eval_data, tmp_path, model, **kw) -> EvalConfig:
     return EvalConfig(
         inputs=(str(eval_data),),
         out=str(tmp_path / "eval"),
-        models=("a=unused/a", "b=unused/b"),
+        models=(f"a={model}", f"b={model}"),  # the generators are given: the folders tell the family
         k=4,
         max_tokens=8,
         max_model_len=512,
@@ -36,11 +36,13 @@ def _cfg(eval_data, tmp_path, **kw) -> EvalConfig:
     )
 
 
-def test_exact_accuracies_side_by_side(eval_data, tmp_path, monkeypatch, fixed_generator):
+def test_exact_accuracies_side_by_side(eval_data, tmp_path, monkeypatch, fixed_generator, tiny_model_small):
     FixedGenerator = fixed_generator
     monkeypatch.setattr("postvl.evaluation.stage._load_tokenizer", lambda model: None)
     result = run_eval(
-        _cfg(eval_data, tmp_path), generators={"a": FixedGenerator(A), "b": FixedGenerator(B)}, progress=False
+        _cfg(eval_data, tmp_path, tiny_model_small),
+        generators={"a": FixedGenerator(A), "b": FixedGenerator(B)},
+        progress=False,
     )
     a, b = result.report["models"]["a"], result.report["models"]["b"]
     assert a["overall"]["questions"] == b["overall"]["questions"] == 4
@@ -75,11 +77,13 @@ def test_exact_accuracies_side_by_side(eval_data, tmp_path, monkeypatch, fixed_g
     assert rows[1] == ["accuracy (pass@1, %)", "4", "56.2", "25.0"]
 
 
-def test_prompts_are_the_sampling_prompts_with_the_image(eval_data, tmp_path, monkeypatch, fixed_generator):
+def test_prompts_are_the_sampling_prompts_with_the_image(
+    eval_data, tmp_path, monkeypatch, fixed_generator, tiny_model_small
+):
     FixedGenerator = fixed_generator
     monkeypatch.setattr("postvl.evaluation.stage._load_tokenizer", lambda model: None)
     gen_a, gen_b = FixedGenerator(A), FixedGenerator(B)
-    run_eval(_cfg(eval_data, tmp_path), generators={"a": gen_a, "b": gen_b}, progress=False)
+    run_eval(_cfg(eval_data, tmp_path, tiny_model_small), generators={"a": gen_a, "b": gen_b}, progress=False)
     (requests,) = gen_a.calls
     assert [r.key for r in requests] == ["e-yes-1", "e-yes-2", "e-no-1", "e-math"]
     assert [r.prompt for r in requests] == [r.prompt for r in gen_b.calls[0]]
@@ -91,14 +95,20 @@ def test_prompts_are_the_sampling_prompts_with_the_image(eval_data, tmp_path, mo
     assert all(len(r.images) == 1 and r.images[0].size == (112, 112) for r in requests)
 
 
-def test_a_rerun_with_the_same_models_and_data_is_skipped(eval_data, tmp_path, monkeypatch, fixed_generator):
+def test_a_rerun_with_the_same_models_and_data_is_skipped(
+    eval_data, tmp_path, monkeypatch, fixed_generator, tiny_model_small
+):
     FixedGenerator = fixed_generator
     monkeypatch.setattr("postvl.evaluation.stage._load_tokenizer", lambda model: None)
     first = run_eval(
-        _cfg(eval_data, tmp_path), generators={"a": FixedGenerator(A), "b": FixedGenerator(B)}, progress=False
+        _cfg(eval_data, tmp_path, tiny_model_small),
+        generators={"a": FixedGenerator(A), "b": FixedGenerator(B)},
+        progress=False,
     )
     again = FixedGenerator(A)
-    second = run_eval(_cfg(eval_data, tmp_path), generators={"a": again, "b": FixedGenerator(B)}, progress=False)
+    second = run_eval(
+        _cfg(eval_data, tmp_path, tiny_model_small), generators={"a": again, "b": FixedGenerator(B)}, progress=False
+    )
     assert second.skipped and not again.calls and second.report == first.report
 
 
