@@ -200,8 +200,9 @@ def _plain_log_probs(logits: Any, targets: Any, outputs: tuple[str, ...]) -> dic
         rows = max(1, _METRIC_CHUNK_ELEMENTS // vocab)  # bounds the temporaries of the metrics
         for start in range(0, n, rows):
             chunk, end = log_p[start : start + rows].detach(), min(start + rows, n)
-            if "entropy" in outputs:
-                fields["entropy"][start:end] = -(chunk.exp() * chunk).sum(-1)
+            if "entropy" in outputs:  # -sum p log p as a batched dot product: no (rows, vocab) product is stored
+                probs = chunk.exp()
+                fields["entropy"][start:end] = -torch.bmm(probs.unsqueeze(1), chunk.unsqueeze(2)).view(-1)
             if "is_top1" in outputs:  # the first maximum, like TRL's kernel: a tie goes to the lower token id
                 fields["is_top1"][start:end] = chunk.argmax(-1) == targets[start:end]
             if "mean_logits" in outputs:
