@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from postvl.dpo import train as dpo_lib
     from postvl.dpo.data import PreferenceCollator, PreferenceEncoder, index_dataset, pair_lengths
     from postvl.dpo.vision_cache import SharedVisionFeatures
-    from postvl.training.data import load_mixed_records, resolve_pixel_limits
+    from postvl.training.data import check_dataset_families, load_mixed_records, resolve_pixel_limits
     from postvl.training.lm_head import use_lm_head
     from postvl.training.model import check_vision_frozen, lora_config
     from postvl.training.outputs import (
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         model_args, vision, dpo, trust_remote_code=args.trust_remote_code, min_pixels=min_pixels,
         max_pixels=max_pixels,
     )
+    check_dataset_families(data.datasets, model)
     peft_config = None if continued else lora_config(model, model_args, vision)
     full = peft_config is None and not continued
     ref_model = dpo_lib.frozen_copy(model) if full and not args.precompute_ref_log_probs else None

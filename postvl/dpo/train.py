@@ -93,7 +93,12 @@ def load_policy(
         logger.info("%s adapter %s on %s", "continuing" if continued else "merged", path, base)
     # A continued adapter trains only its own weights (peft froze the rest; the ViT has no adapter).
     if vision.freeze_vision and not continued:
-        freeze_vision(model, train_merger=vision.train_merger, unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks)
+        freeze_vision(
+            model,
+            train_merger=vision.train_merger,
+            train_deepstack_mergers=vision.train_deepstack_mergers,
+            unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks,
+        )
     return model, processor, continued
 
 

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         find_rope_index,
         plan_packing,
     )
-    from postvl.training.data import load_mixed_records, resolve_pixel_limits
+    from postvl.training.data import check_dataset_families, load_mixed_records, resolve_pixel_limits
     from postvl.training.lm_head import use_lm_head
     from postvl.training.model import check_vision_frozen, lora_config
     from postvl.training.outputs import (
@@ -68,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         min_pixels=min_pixels,
         max_pixels=max_pixels,
     )
+    check_dataset_families(data.datasets, model)
     if vision.freeze_vision:
-        freeze_vision(model, train_merger=vision.train_merger, unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks)
+        freeze_vision(
+            model,
+            train_merger=vision.train_merger,
+            train_deepstack_mergers=vision.train_deepstack_mergers,
+            unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks,
+        )
     peft_config = lora_config(model, model_args, vision)
     records = load_mixed_records(data)
     encoder = RecordEncoder(processor)

@@ -43,9 +43,13 @@ class VisionArguments:
     """The vision tower and the pixel limits.
 
     Attributes:
-        freeze_vision: freeze the ViT (patch embedding + blocks), as the Qwen2.5-VL report does in SFT and DPO.
+        freeze_vision: freeze the ViT (patch embedding, Qwen3-VL's position embedding, blocks), as the Qwen2.5-VL
+            report does in SFT and DPO.
         train_merger: keep the merger (vision-to-language projector) trainable; with LoRA it is saved with the
             adapter (peft ``modules_to_save``).
+        train_deepstack_mergers: Qwen3-VL: keep the DeepStack mergers (``deepstack_merger_list``) trainable;
+            default: as ``train_merger``. LLaMA-Factory freezes them with the ViT; ms-swift trains them with the
+            merger.
         unfreeze_last_n_blocks: keep the last N ViT blocks trainable (full fine-tuning only).
         min_pixels, max_pixels: image pixel limits; default: those the dataset was built with (its manifest). A
             value that conflicts with the dataset's is an error, since the dataset's token counts and rescaled
@@ -54,6 +58,9 @@ class VisionArguments:
 
     freeze_vision: bool = field(default=True, metadata={"help": "freeze ViT patch embedding + blocks"})
     train_merger: bool = field(default=True, metadata={"help": "train the merger"})
+    train_deepstack_mergers: bool | None = field(
+        default=None, metadata={"help": "Qwen3-VL: train the DeepStack mergers (default: as train_merger)"}
+    )
     unfreeze_last_n_blocks: int = field(default=0, metadata={"help": "keep the last N ViT blocks trainable"})
     min_pixels: int | None = field(default=None, metadata={"help": "image min pixels (default: dataset's)"})
     max_pixels: int | None = field(default=None, metadata={"help": "image max pixels (default: dataset's)"})

@@ -81,6 +81,19 @@ def load_mixed_records(args: DataArguments, *, kind: str = "data") -> MixedRecor
     return MixedRecords(tables=tables, index=index, media_roots=roots)
 
 
+def check_dataset_families(datasets: list[str], model: Any) -> None:
+    """Refuse a dataset built for another model family than ``model``'s (its template, token counts and box
+    convention are that family's); data written before families were recorded counts as Qwen2.5-VL's.
+
+    Raises:
+        FamilyMismatchError: naming both families and the rebuild command.
+    """
+    from postvl.families import check_same_family
+
+    for folder in datasets:
+        check_same_family(manifest_pixels(read_manifest(folder)).get("family"), model, what=f"dataset {folder}")
+
+
 def resolve_pixel_limits(datasets: list[str], vision: VisionArguments) -> tuple[int | None, int | None]:
     """The pixel limits to train with: the datasets' own, unless overridden consistently; conflicts raise."""
     found: dict[str, set[int]] = {"min_pixels": set(), "max_pixels": set()}
