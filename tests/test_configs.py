@@ -79,8 +79,16 @@ def test_pipeline_configs_load(path):
     assert cfg.inputs and any(stage.enabled for stage in cfg.stages.values())
 
 
+@pytest.mark.parametrize("path", _all("eval/**/*.yaml"), ids=lambda p: p.name)
+def test_eval_configs_load(path):
+    from postvl.evaluation.stage import load_config
+
+    cfg = load_config(path, inputs=("runs/x/02_split/eval",), out="runs/x/08_eval", models=("base=runs/x/model",))
+    assert cfg.k >= 1 and cfg.max_tokens < cfg.max_model_len
+
+
 def test_every_config_is_covered_by_a_test_above():
-    covered = {"sft", "dpo", "sampling", "filters", "pipeline", "accelerate"}
+    covered = {"sft", "dpo", "sampling", "filters", "pipeline", "accelerate", "eval"}
     for path in _all("**/*.yaml"):
         rel = path.relative_to(CONFIGS)
         assert rel.parts[0] in covered or rel.name == "taxonomy.yaml", rel
