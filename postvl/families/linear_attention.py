@@ -35,15 +35,15 @@ def _is_gated_deltanet(module: Any) -> bool:
 def record_boundaries(position_ids: Any) -> Any | None:
     """``cu_seqlens`` (int32, starting at 0, ending at the row length) of a packed row, from its text positions.
 
-    Returns ``None`` when the row holds one record (no restart) or ``position_ids`` is absent.
+    Returns ``None`` when the row holds one record (no restart), or ``position_ids`` is absent or has no text row.
 
     Raises:
         ValueError: several rows each holding several records (postvl packs a batch into one row).
     """
     import torch
 
-    if position_ids is None:
-        return None
+    if position_ids is None or (position_ids.ndim == 3 and position_ids.shape[0] != 4):
+        return None  # 3-row mRoPE ids carry no text row: nothing tells the records apart
     text = position_ids[0] if position_ids.ndim == 3 else position_ids  # (batch, seq)
     starts = (text == 0).nonzero()
     if starts.shape[0] <= text.shape[0]:  # one start per row: nothing packed

@@ -110,6 +110,7 @@ def test_record_boundaries():
     assert record_boundaries(torch.stack([text, text, text, text])).tolist() == [0, 3, 5, 6]
     assert record_boundaries(torch.arange(5)[None]) is None  # one record: nothing to reset
     assert record_boundaries(None) is None
+    assert record_boundaries(torch.stack([text, text, text])) is None  # 3-row mRoPE ids: no text row
     with pytest.raises(ValueError, match="one packed row"):
         record_boundaries(torch.tensor([[0, 1, 0], [0, 1, 2]]))
     with pytest.raises(ValueError, match="start with a record"):
