@@ -1,7 +1,7 @@
 """The ``postvl`` command: one thin sub-command per stage.
 
     postvl --help
-    postvl tiny-model OUT [--family qwen2_vl|qwen2_5_vl|qwen3_vl|qwen3_vl_moe] [--vocab small|qwen] [--seed N]
+    postvl tiny-model OUT [--family NAME (qwen2_vl ... qwen3_5_moe)] [--vocab small|qwen] [--seed N]
     postvl <command> --help
 
 Each sub-command lives in its own module and is imported only when it runs, so ``postvl --help`` answers at once.

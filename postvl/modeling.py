@@ -572,6 +572,30 @@ TINY_VISION_QWEN3 = dict(
     deepstack_visual_indexes=[0],
     num_position_embeddings=256,
 )
+# Tiny Qwen3.5 vision tower: Qwen3-VL's without DeepStack.
+TINY_VISION_QWEN3_5 = {k: v for k, v in TINY_VISION_QWEN3.items() if k != "deepstack_visual_indexes"}
+# Tiny Qwen3.5 language model: one Gated DeltaNet layer then one softmax-attention layer (the released models repeat
+# three linear-attention layers and one full-attention layer); partial rotary 0.25 of head_dim 64 = 16 rotary dims,
+# so the interleaved mRoPE sections sum to 8.
+TINY_TEXT_QWEN3_5 = dict(
+    head_dim=64,
+    layer_types=["linear_attention", "full_attention"],
+    linear_conv_kernel_dim=4,
+    linear_key_head_dim=32,
+    linear_value_head_dim=32,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    rope_parameters={
+        "rope_type": "default",
+        "rope_theta": 10000000.0,
+        "mrope_section": [3, 3, 2],
+        "mrope_interleaved": True,
+        "partial_rotary_factor": 0.25,
+    },
+)
+TINY_MOE_QWEN3_5 = dict(
+    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32
+)
 # norm_topk_prob: transformers always renormalises the top-k router weights of Qwen3-VL-MoE; vLLM reads the flag from
 # the config (its Qwen3-MoE layer), so it is written out explicitly. moe_intermediate_size 32: 2 * 32 != hidden 128, so
 # the packed experts' two layouts (see _save_experts_in_released_layout) have different shapes.
@@ -596,7 +620,7 @@ def build_tiny_processor(tokenizer: Any, family: str = "qwen2_5_vl") -> Any:
     fam = get_family(family)
     min_pixels, max_pixels = tiny_pixel_limits(fam)
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    if fam.name in ("qwen3_vl", "qwen3_vl_moe"):
+    if fam.name in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"):
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
         # Qwen3-VL normalises with mean = std = 0.5 (its preprocessor_config.json).
@@ -621,8 +645,8 @@ def build_tiny_model(out_dir: str | Path, *, vocab: str = "small", seed: int = 0
     """Save a randomly initialised tiny model of ``family`` with its processor to ``out_dir`` (entirely offline).
 
     The real ``*ForConditionalGeneration`` architecture of the family (``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``,
-    ``qwen3_vl_moe``) at tiny sizes, with the family's processor and official chat template; loads with
-    ``AutoModelForImageTextToText`` / ``AutoProcessor``. Deterministic for a given seed.
+    ``qwen3_vl_moe``, ``qwen3_5``, ``qwen3_5_moe``) at tiny sizes, with the family's processor and official chat
+    template; loads with ``AutoModelForImageTextToText`` / ``AutoProcessor``. Deterministic for a given seed.
     """
     import torch
     import transformers
@@ -633,7 +657,7 @@ def build_tiny_model(out_dir: str | Path, *, vocab: str = "small", seed: int = 0
     fam = get_family(family)
     out = Path(out_dir)
     tokenizer = build_tokenizer(vocab)
-    if fam.name in ("qwen3_vl", "qwen3_vl_moe"):
+    if fam.name in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"):
         tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN3_EXTRA_TOKENS])
     tokenizer.chat_template = fam.chat_template()
     processor = build_tiny_processor(tokenizer, fam.name)
@@ -650,6 +674,11 @@ def build_tiny_model(out_dir: str | Path, *, vocab: str = "small", seed: int = 0
         vision = dict(TINY_VISION_QWEN2)
     elif fam.name == "qwen2_5_vl":
         vision = dict(TINY_VISION)
+    elif fam.linear_attention:
+        vision = dict(TINY_VISION_QWEN3_5)
+        text |= TINY_TEXT_QWEN3_5
+        if fam.moe:
+            text |= TINY_MOE_QWEN3_5
     else:
         vision = dict(TINY_VISION_QWEN3)
         text["head_dim"] = 64
@@ -676,7 +705,7 @@ def build_tiny_model(out_dir: str | Path, *, vocab: str = "small", seed: int = 0
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    if fam.moe:
+    if fam.moe and fam.name == "qwen3_vl_moe":
         _save_experts_in_released_layout(out)
     processor.save_pretrained(out)
     return out

@@ -95,6 +95,7 @@ def render(
     add_vision_id: bool = False,
     image_pad_counts: Sequence[int] | None = None,
     video_pad_counts: Sequence[VideoCount] | None = None,
+    enable_thinking: bool | None = None,
 ) -> str:
     """Render a conversation exactly as the family's official chat template does.
 
@@ -107,13 +108,26 @@ def render(
             text the processor feeds the model; one count per image part, in order.
         video_pad_counts: the same for ``<|video_pad|>``; a ``VideoTokens`` entry is written as the processor writes
             it (Qwen3-VL timestamps and per-patch vision blocks).
+        enable_thinking: a thinking family's generation prompt (Qwen3.5): ``False`` closes an empty
+            ``<think>`` block, ``True`` / ``None`` opens one (``Family.chat_template(enable_thinking)`` is the
+            released template with that default); other families accept only ``None``.
 
     Returns:
         The rendered text.
     """
     fam = resolve_family(family)
+    if enable_thinking is not None and not fam.thinking:
+        raise ValueError(f"{fam.title} has no thinking mode: enable_thinking must be unset")
     return _render(
-        messages, fam, add_generation_prompt, add_vision_id, image_pad_counts, video_pad_counts, None, False
+        messages,
+        fam,
+        add_generation_prompt,
+        add_vision_id,
+        image_pad_counts,
+        video_pad_counts,
+        None,
+        False,
+        enable_thinking=enable_thinking,
     )
 
 
@@ -351,7 +365,21 @@ def _render(
     video_pad_counts: Sequence[VideoCount] | None,
     spans: list[Span] | None,
     train_turn_newline: bool,
+    *,
+    enable_thinking: bool | None = None,
 ) -> str:
+    if family.thinking:
+        return _render_thinking(
+            messages,
+            family,
+            add_generation_prompt,
+            add_vision_id,
+            image_pad_counts,
+            video_pad_counts,
+            spans,
+            train_turn_newline,
+            enable_thinking,
+        )
     out: list[str] = []
     pos = 0  # length of "".join(out), tracked only when spans are wanted
     n_images = n_videos = 0
@@ -412,6 +440,126 @@ def _render(
     _check_pad_counts(image_pad_counts, n_images, "image")
     _check_pad_counts(video_pad_counts, n_videos, "video")
     return "".join(out)
+
+
+THINK_START = "<think>"
+THINK_END = "</think>"
+
+
+def split_reasoning(message: dict[str, Any], content: str) -> tuple[str, str]:
+    """(reasoning, answer) of an assistant turn as the Qwen3.5 template reads them: ``reasoning_content`` when it is a
+    string, else the text before ``</think>`` (after any ``<think>``); the answer is what follows ``</think>``."""
+    reasoning = message.get("reasoning_content")
+    if not isinstance(reasoning, str):
+        reasoning = ""
+        if THINK_END in content:
+            reasoning = content.split(THINK_END)[0].rstrip("\n").split(THINK_START)[-1].lstrip("\n")
+            content = content.split(THINK_END)[-1].lstrip("\n")
+    return reasoning.strip(), content
+
+
+def _render_thinking(
+    messages: Sequence[dict[str, Any]],
+    family: Family,
+    add_generation_prompt: bool,
+    add_vision_id: bool,
+    image_pad_counts: Sequence[int] | None,
+    video_pad_counts: Sequence[VideoCount] | None,
+    spans: list[Span] | None,
+    train_turn_newline: bool,
+    enable_thinking: bool | None,
+) -> str:
+    # The Qwen3.5 template: every turn's content is trimmed; assistant turns after the last user query carry
+    # "<think>\n{reasoning}\n</think>\n\n" before the answer, earlier ones only the answer (reasoning dropped).
+    if not messages:
+        raise ValueError(f"{family.title}'s chat template needs at least one message")
+    counter = {"image": 0, "video": 0}
+
+    def content_of(msg: dict[str, Any], role: str) -> str:
+        content = msg.get("content")
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content.strip()
+        pieces: list[str] = []
+        for part in content:
+            kind = _part_kind(part)
+            if kind == _TEXT:
+                pieces.append(str(part["text"]))
+            elif kind in (_IMAGE, _VIDEO):
+                if role != "user":
+                    raise ValueError(
+                        f"{family.title}: a {kind} in a {role} turn is not supported (the template refuses it in "
+                        "system turns; postvl trains assistant turns on text only): move it into a user turn"
+                    )
+                counter[kind] += 1
+                n = counter[kind]
+                if kind == _IMAGE:
+                    prefix = f"Picture {n}: " if add_vision_id else ""
+                    pads = IMAGE_PAD * _pad_count(image_pad_counts, n, "image")
+                else:
+                    prefix = f"Video {n}: " if add_vision_id else ""
+                    pads = _video_text(video_pad_counts, n, family)
+                pieces.append(f"{prefix}{VISION_START}{pads}{VISION_END}")
+            else:
+                raise ValueError(f"{family.title}'s chat template refuses a content part of unknown type: {part!r}")
+        return "".join(pieces).strip()
+
+    last_query = None
+    for index in range(len(messages) - 1, -1, -1):
+        msg = messages[index]
+        if msg["role"] == "user":
+            text = _query_text(msg.get("content"))
+            if not (text.startswith("<tool_response>") and text.endswith("</tool_response>")):
+                last_query = index
+                break
+    if last_query is None:
+        raise ValueError(f"{family.title}'s chat template needs a user query in the conversation")
+    out: list[str] = []
+    pos = 0
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        content = content_of(msg, role)
+        if role == "system":
+            if i != 0:
+                raise ValueError(f"{family.title}: the system message must be the first one")
+            turn = f"{IM_START}system\n{content}{IM_END}\n"
+        elif role == "user":
+            turn = f"{IM_START}user\n{content}{IM_END}\n"
+        elif role == "assistant":
+            if msg.get("tool_calls"):
+                raise ValueError(f"{family.title}: tool calls in assistant turns are not supported by postvl")
+            reasoning, answer = split_reasoning(msg, content)
+            header = f"{IM_START}assistant\n"
+            body = f"{THINK_START}\n{reasoning}\n{THINK_END}\n\n{answer}" if i > last_query else answer
+            turn = f"{header}{body}{IM_END}\n"
+            if spans is not None:
+                start = pos + len(header)
+                _close_span(spans, start, pos + len(turn) - (0 if train_turn_newline else 1))
+        else:
+            raise ValueError(f"{family.title}: role {role!r} is not supported (system, user, assistant)")
+        out.append(turn)
+        pos += len(turn)
+    if add_generation_prompt:
+        out.append(f"{IM_START}assistant\n")
+        out.append(f"{THINK_START}\n\n{THINK_END}\n\n" if enable_thinking is False else f"{THINK_START}\n")
+    _check_pad_counts(image_pad_counts, counter["image"], "image")
+    _check_pad_counts(video_pad_counts, counter["video"], "video")
+    return "".join(out)
+
+
+def _query_text(content: Any) -> str:
+    # What the template tests for a tool response: the trimmed content with unexpanded vision placeholders.
+    if content is None or isinstance(content, str):
+        return (content or "").strip()
+    pieces = []
+    for part in content:
+        kind = _part_kind(part)
+        if kind == _TEXT:
+            pieces.append(str(part["text"]))
+        elif kind in (_IMAGE, _VIDEO):
+            pieces.append(VISION_START)
+    return "".join(pieces).strip()
 
 
 def _video_text(counts: Sequence[VideoCount] | None, index: int, family: Family) -> str:

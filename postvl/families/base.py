@@ -30,6 +30,8 @@ class ModuleNames:
         language_model: the decoder stack.
         lm_head: the output projection.
         experts: the name of the packed-experts module inside each decoder MLP (MoE only), else ``None``.
+        attention: the softmax-attention module inside a decoder layer.
+        linear_attention: the Gated DeltaNet module inside a linear-attention decoder layer (Qwen3.5), else ``None``.
     """
 
     vision: str = "model.visual"
@@ -41,6 +43,8 @@ class ModuleNames:
     language_model: str = "model.language_model"
     lm_head: str = "lm_head"
     experts: str | None = None
+    attention: str = "self_attn"
+    linear_attention: str | None = None
 
     def vision_frozen_parts(self) -> tuple[str, ...]:
         """The children of ``vision`` that "ViT frozen" freezes: patch embedding, position embedding, blocks."""
@@ -87,6 +91,14 @@ class Family:
         rope_takes_second_per_grid_ts: ``get_rope_index`` spaces video temporal positions by
             ``second_per_grid_ts`` (Qwen2.5-VL).
         moe: the language model is a mixture of experts.
+        thinking: assistant turns after the last user query carry a ``<think>...</think>`` block (reasoning from
+            ``reasoning_content`` or a ``<think>`` prefix of the content; earlier turns drop it), content is trimmed,
+            and the generation prompt opens (or, ``enable_thinking=False``, closes empty) the block (Qwen3.5).
+        nothink_template_file: the released template whose ``enable_thinking`` defaults to off (Qwen3.5-2B and
+            smaller ship it); it renders conversations exactly as ``template_file`` does, only the generation prompt's
+            default differs.
+        linear_attention: some decoder layers are Gated DeltaNet linear attention (a recurrent and a convolution
+            state) rather than softmax attention.
     """
 
     name: str
@@ -106,15 +118,35 @@ class Family:
     mm_token_type_ids: bool = True
     rope_takes_second_per_grid_ts: bool = False
     moe: bool = False
+    thinking: bool = False
+    nothink_template_file: str | None = None
+    linear_attention: bool = False
 
     @property
     def factor(self) -> int:
         """The ``smart_resize`` factor: both resized sides are multiples of it (28 Qwen2/2.5-VL, 32 Qwen3-VL)."""
         return self.patch_size * self.merge_size
 
-    def chat_template(self) -> str:
-        """The family's official chat template text (byte-identical to the one shipped with the model)."""
-        return resources.files("postvl.assets").joinpath(self.template_file).read_text()
+    def chat_template(self, enable_thinking: bool | None = None) -> str:
+        """The family's official chat template text (byte-identical to the one shipped with the model).
+
+        Args:
+            enable_thinking: for a thinking family, ``False`` selects the released template whose generation prompt
+                defaults to thinking off (``qwen3_5_nothink``), ``True`` / ``None`` the thinking one; other families
+                have one template and accept only ``None``.
+        """
+        name = self.template_file
+        if enable_thinking is not None:
+            if not self.thinking:
+                raise ValueError(f"{self.title} has no thinking mode: enable_thinking must be unset")
+            if not enable_thinking and self.nothink_template_file:
+                name = self.nothink_template_file
+        return resources.files("postvl.assets").joinpath(name).read_text()
+
+    def chat_templates(self) -> tuple[str, ...]:
+        """Every released template text of this family (the thinking family has two)."""
+        names = (self.template_file, self.nothink_template_file)
+        return tuple(resources.files("postvl.assets").joinpath(n).read_text() for n in names if n)
 
     def pixel_config(self, **overrides: Any) -> PixelConfig:
         """A :class:`postvl.media.PixelConfig` with this family's geometry and defaults; non-``None`` overrides win.

@@ -96,7 +96,51 @@ QWEN3_VL_MOE = Family(
     moe=True,
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, QWEN3_VL_MOE)}
+# Qwen3.5: the vision tower is Qwen3-VL's without DeepStack (patch 16, learned position embedding, one merger) and
+# the same processor (Qwen3VLProcessor: timestamped videos, grounding in 0..1000); the language model interleaves
+# Gated DeltaNet linear attention (``linear_attn``) with softmax attention (``self_attn``) every fourth layer.
+_QWEN3_5_MODULES = ModuleNames(pos_embed="pos_embed", linear_attention="linear_attn")
+QWEN3_5 = Family(
+    name="qwen3_5",
+    title="Qwen3.5",
+    model_types=("qwen3_5",),
+    architecture="Qwen3_5ForConditionalGeneration",
+    processor_class="Qwen3VLProcessor",
+    patch_size=16,
+    merge_size=2,
+    temporal_patch_size=2,
+    pixels=_QWEN3_PIXELS,
+    template_file="qwen3_5_think_chat_template.jinja",
+    default_system=None,
+    video_timestamps=True,
+    grounding="relative_1000",
+    modules=_QWEN3_5_MODULES,
+    thinking=True,
+    nothink_template_file="qwen3_5_nothink_chat_template.jinja",
+    linear_attention=True,
+)
+QWEN3_5_MOE = Family(
+    name="qwen3_5_moe",
+    title="Qwen3.5-MoE",
+    model_types=("qwen3_5_moe",),
+    architecture="Qwen3_5MoeForConditionalGeneration",
+    processor_class="Qwen3VLProcessor",
+    patch_size=16,
+    merge_size=2,
+    temporal_patch_size=2,
+    pixels=_QWEN3_PIXELS,
+    template_file="qwen3_5_think_chat_template.jinja",
+    default_system=None,
+    video_timestamps=True,
+    grounding="relative_1000",
+    modules=ModuleNames(pos_embed="pos_embed", experts="experts", linear_attention="linear_attn"),
+    moe=True,
+    thinking=True,
+    nothink_template_file="qwen3_5_nothink_chat_template.jinja",
+    linear_attention=True,
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL, QWEN3_VL_MOE, QWEN3_5, QWEN3_5_MOE)}
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 
 _BY_MODEL_TYPE = {t: f for f in FAMILIES.values() for t in f.model_types}
@@ -104,6 +148,15 @@ _BY_CLASS = {f.architecture: f for f in FAMILIES.values()}
 # Qwen3-VL dense and MoE share one processor; a processor alone resolves to the dense entry, which answers every
 # processor-side question (template, geometry, tokens) the same way as the MoE one.
 _BY_CLASS |= {f.processor_class: f for f in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)}
+# Qwen3.5 ships Qwen3-VL's processor class too; its chat template tells them apart.
+_SHARED_PROCESSOR = {"Qwen3VLProcessor": (QWEN3_5,)}
+
+
+def _by_processor(processor_class: str, chat_template: Any) -> Family | None:
+    for family in _SHARED_PROCESSOR.get(processor_class, ()):
+        if isinstance(chat_template, str) and chat_template in family.chat_templates():
+            return family
+    return _BY_CLASS.get(processor_class)
 
 
 class UnsupportedFamilyError(ValueError):
@@ -144,7 +197,7 @@ def get_family(obj: Any) -> Family:
             raise _unsupported(f"model_type {model_type!r} ({type(obj).__name__})")
     for cls in type(obj).__mro__:
         if cls.__name__ in _BY_CLASS:
-            return _BY_CLASS[cls.__name__]
+            return _by_processor(cls.__name__, getattr(obj, "chat_template", None))
     for attr in ("module", "base_model", "model"):  # DDP, peft
         inner = getattr(obj, attr, None)
         if inner is not None and inner is not obj:
@@ -167,7 +220,8 @@ def _from_folder(folder: Path) -> Family:
         if path.is_file():
             processor_class = json.loads(path.read_text()).get("processor_class")
             if processor_class in _BY_CLASS:
-                return _BY_CLASS[processor_class]
+                template = folder / "chat_template.jinja"
+                return _by_processor(processor_class, template.read_text() if template.is_file() else None)
             raise _unsupported(f"{folder} (processor_class {processor_class!r})")
     raise _unsupported(f"{folder} (no config.json or processor_config.json)")
 

@@ -29,6 +29,8 @@ from postvl.generation import Sample
 from postvl.rejection_sampling.verify import Verdict, VerifyConfig, verify
 
 TRUNCATED = "truncated"
+# A thinking model's sample that never closed its <think> block: it has no final answer.
+UNFINISHED_THINKING = "unfinished_thinking"
 SELECTIONS = ("shortest", "diverse")
 # Reason codes of a rejected question.
 NO_CORRECT_SAMPLE = "no_correct_sample"
@@ -80,6 +82,7 @@ def judge(
     *,
     options: Any = None,
     verify_config: VerifyConfig | None = None,
+    thinking: bool = False,
 ) -> list[Judged]:
     """Verify and hygiene-check each sample of one question.
 
@@ -90,6 +93,9 @@ def judge(
         checker: a ``HygieneChecker`` (anything with ``check(text) -> reason | None``), run on correct samples.
         options: choice options (``meta.options``), when the record has them.
         verify_config: tolerances for ``verify``.
+        thinking: the prompt opened a ``<think>`` block (Qwen3.5 with thinking on): the verifier reads only the final
+            answer after ``</think>`` (a sample without one is ``unfinished_thinking``), while hygiene checks the
+            whole text, thinking included.
 
     Raises:
         ValueError: the gold cannot be used for this answer type (a data error: the stage rejects the question).
@@ -99,7 +105,15 @@ def judge(
         if sample.finish_reason == "length":
             judged.append(Judged(i, sample, False, None, TRUNCATED))
             continue
-        verdict: Verdict = verify(sample.text, gold, answer_type, options=options, config=verify_config)
+        answer = sample.text
+        if thinking:
+            from postvl.chatml.render import THINK_END
+
+            if THINK_END not in sample.text:
+                judged.append(Judged(i, sample, False, None, UNFINISHED_THINKING))
+                continue
+            answer = sample.text.split(THINK_END)[-1]
+        verdict: Verdict = verify(answer, gold, answer_type, options=options, config=verify_config)
         reason = verdict.reason if not verdict.correct else checker.check(sample.text)
         judged.append(Judged(i, sample, verdict.correct, verdict.extracted, reason))
     return judged

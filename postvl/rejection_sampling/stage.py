@@ -106,6 +106,10 @@ class SamplingConfig:
         chunk_size: records per Parquet part.
         plot: write OUT/pass_rates.png.
         merge_timeout: seconds rank 0 waits for the other ranks.
+        enable_thinking: a thinking family's mode (Qwen3.5): ``True`` / unset opens a ``<think>`` block in the prompt,
+            the verifier reads the answer after ``</think>``, and the kept record keeps the chain of thought in the
+            assistant turn's ``<think>...</think>`` block with the final answer after it; ``False`` closes an empty
+            block (answers only). Other families refuse it.
     """
 
     inputs: tuple[str, ...]
@@ -139,6 +143,7 @@ class SamplingConfig:
     chunk_size: int = 10_000
     plot: bool = True
     merge_timeout: float = 24 * 3600
+    enable_thinking: bool | None = None
 
     def __post_init__(self) -> None:
         from postvl.rejection_sampling.verify import VerifyConfig
@@ -300,6 +305,10 @@ class Sampler:
         self.family = check_same_family(source.pixels.family, family, what=str(source.folder))
         self.params = cfg.sampling_params()
         self.prompts: dict[str, PromptSpec] = resolve_prompts(cfg.prompts, family=self.family)
+        if cfg.enable_thinking is not None and not self.family.thinking:
+            raise ValueError(f"enable_thinking is set but {self.family.title} has no thinking mode")
+        # The prompt opens a <think> block: samples are "reasoning</think>answer".
+        self.thinking = self.family.thinking and cfg.enable_thinking is not False
         self.verify_config = VerifyConfig(**dict(cfg.verify))
         base = HygieneChecker.from_config(cfg.hygiene, tokenizer=tokenizer)
         self.checkers = {
@@ -362,7 +371,12 @@ class Sampler:
         from postvl.media import resolve_media_path
 
         spec = self.prompts[record["answer_type"]]
-        prompt = render(with_instruction(question, spec.instruction), family=self.family, add_generation_prompt=True)
+        prompt = render(
+            with_instruction(question, spec.instruction),
+            family=self.family,
+            add_generation_prompt=True,
+            enable_thinking=self.cfg.enable_thinking,
+        )
         root = self.source.media_root
         try:
             images = tuple(load_image(resolve_media_path(p, root)) for p in record.get("images") or [])
@@ -390,6 +404,7 @@ class Sampler:
                 checker,
                 options=options,
                 verify_config=self.verify_config,
+                thinking=self.thinking,
             )
         except ValueError as err:
             self._reject(writer, record, INVALID_GOLD, str(err))
@@ -426,7 +441,7 @@ class Sampler:
     def cot_record(
         self, record: dict[str, Any], prompt: list[dict[str, Any]], kept: Judged, outcome: QuestionOutcome
     ) -> dict[str, Any]:
-        messages = [*prompt, _assistant(kept.sample.text)]
+        messages = [*prompt, _assistant(kept.sample.text, self.thinking)]
         row = _grow_meta(record, outcome.meta | {"sample_index": kept.index, "question_id": record["id"]})
         row.update(
             id=f"{record['id']}#s{kept.index}", messages=messages, num_tokens=self._num_tokens(record, messages)
@@ -448,12 +463,12 @@ class Sampler:
             "rejected_index": rejected.index,
             "rejected_reason": rejected.reason,
         }
-        lengths = [self._num_tokens(record, [*prompt, _assistant(j.sample.text)]) for j in pair]
+        lengths = [self._num_tokens(record, [*prompt, _assistant(j.sample.text, self.thinking)]) for j in pair]
         return {
             "id": f"{record['id']}#p{n}",
             "prompt": prompt,
-            "chosen": [_assistant(chosen.sample.text)],
-            "rejected": [_assistant(rejected.sample.text)],
+            "chosen": [_assistant(chosen.sample.text, self.thinking)],
+            "rejected": [_assistant(rejected.sample.text, self.thinking)],
             "images": record.get("images") or [],
             "videos": record.get("videos") or [],
             "num_tokens": None if None in lengths else max(lengths),
@@ -487,7 +502,21 @@ class Sampler:
         writer.reject(reason, source=source, record_id=record.get("id"), detail=detail, record=record)
 
 
-def _assistant(text: str) -> dict[str, Any]:
+def _assistant(text: str, thinking: bool = False) -> dict[str, Any]:
+    """The sampled assistant turn. A thinking sample (the prompt opened ``<think>``) is stored as
+    ``<think>\n{chain of thought}\n</think>\n\n{final answer}``: the form the Qwen3.5 template itself splits into
+    ``reasoning_content`` and answer, so the record renders (and trains) with its thinking block, and it fits the
+    stage schema's text parts as they are."""
+    if thinking:
+        from postvl.chatml.render import THINK_END, THINK_START, split_reasoning
+
+        if THINK_END in text:
+            reasoning, answer = split_reasoning(
+                {}, text if THINK_START in text.split(THINK_END)[0] else THINK_START + text
+            )
+        else:  # never kept (unfinished_thinking), but the rejected side of a pair may be one
+            reasoning, answer = text.strip(), ""
+        text = f"{THINK_START}\n{reasoning}\n{THINK_END}\n\n{answer}"
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 

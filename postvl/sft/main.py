@@ -33,6 +33,7 @@ def make_parser():
 def main(argv: list[str] | None = None) -> int:
     from trl import SFTTrainer
 
+    from postvl.families.linear_attention import reset_linear_attention_per_record
     from postvl.modeling import freeze_vision, load_model_and_processor
     from postvl.sft.data import (
         PackedCollator,
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     write_skipped(Path(args.output_dir), records, lengths, too_long, args.max_length)
     cfg = model.config
     if args.packing:
+        # Linear-attention layers (Qwen3.5's Gated DeltaNet) restart their state at each packed record.
+        if n_linear := reset_linear_attention_per_record(model):
+            logger.info("packing: %d linear-attention layers restart their state per record", n_linear)
         collator = PackedCollator(records, encoder, find_rope_index(model), cfg.image_token_id, cfg.video_token_id)
     else:
         pad_id = processor.tokenizer.pad_token_id

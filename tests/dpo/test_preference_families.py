@@ -12,7 +12,7 @@ from transformers import AutoProcessor
 from transformers.video_utils import VideoMetadata
 
 from postvl.dpo.data import PreferenceCollator, PreferenceEncoder
-from postvl.families import FAMILY_NAMES
+from postvl.families import FAMILY_NAMES, get_family
 from postvl.sft.data import RecordList
 
 
@@ -57,8 +57,11 @@ def test_pairs_encode_as_the_processor_and_score_only_the_answers(tiny_family_mo
     encoder = PreferenceEncoder(processor)
     pair = encoder(record, tmp_path)
     tok = processor.tokenizer
-    assert tok.decode(pair.chosen_ids[pair.chosen_mask.bool()]) == "The red one.<|im_end|>"
-    assert tok.decode(pair.rejected_ids[pair.rejected_mask.bool()]) == "Neither, I think.<|im_end|>"
+    # Qwen3.5: each side is scored as the template renders it, its (here empty) think block included; the block is
+    # the same on both sides, so it cancels in the chosen - rejected log-ratio
+    think = "<think>\n\n</think>\n\n" if get_family(family).thinking else ""
+    assert tok.decode(pair.chosen_ids[pair.chosen_mask.bool()]) == f"{think}The red one.<|im_end|>"
+    assert tok.decode(pair.rejected_ids[pair.rejected_mask.bool()]) == f"{think}Neither, I think.<|im_end|>"
     # both sides share the prompt, media tokens (and Qwen3-VL's timestamps) included
     n = int(pair.chosen_mask.nonzero()[0])
     assert torch.equal(pair.chosen_ids[:n], pair.rejected_ids[:n])

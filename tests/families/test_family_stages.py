@@ -9,6 +9,7 @@ import pytest
 
 from postvl.families import FAMILY_NAMES, FamilyMismatchError, get_family
 from postvl.io import read_stage, read_stats
+from postvl.records import message
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -250,6 +251,10 @@ def test_sample_asks_and_verifies_in_the_familys_convention(built, raw, tiny_fam
     gold = next(r for r in read_stage(built(name)) if r["id"] == "box")["answer"]
 
     def answer(request, i):
+        # a thinking family's prompt opens <think>: its samples close it before the final answer
+        return ("Let me look.\n</think>\n\n" if family.thinking else "") + final(request, i)
+
+    def final(request, i):
         if "Find the sky" in request.prompt:  # the gold box in the family's convention, then a wrong one
             box = json.loads(gold) if i % 2 == 0 else [0, 0, 5, 5]
             return f'The sky is on top.\nAnswer: [{{"bbox_2d": {box}, "label": "sky"}}]'
@@ -299,4 +304,91 @@ def test_sample_refuses_data_built_for_another_family(built, tiny_family_model, 
         max_model_len=512,
     )
     with pytest.raises(FamilyMismatchError, match="built for Qwen2.5-VL .* the model is Qwen3-VL.*rebuild"):
+        run_sampling(cfg, generator=ScriptedGenerator(lambda r, i: "x"), progress=False)
+
+
+@pytest.mark.parametrize("enable_thinking", [None, False])
+def test_qwen3_5_thinking_round_trip_sample_select_sft_labels(
+    built, raw, tiny_family_model, tmp_path, enable_thinking
+):
+    """sample -> select -> SFT labels: the chain of thought lands in <think>; the verifier reads the answer after."""
+    from transformers import AutoProcessor
+
+    from postvl.chatml.render import IGNORE_INDEX, tokenize_with_labels
+    from postvl.rejection_sampling.stage import load_config, run_sampling
+
+    thinking = enable_thinking is None
+    replies = [
+        "It looks green, not A.\n</think>\n\nAnswer: B",  # correct: the final answer is B
+        "Surely Answer: B.\n</think>\n\nAnswer: A",  # wrong: only the final answer counts, not the thinking
+        "Still thinking... Answer: B",  # thinking never closed: no final answer
+        "Green it is.\n</think>\n\nAnswer: B",
+    ]
+
+    def answer(request, i):
+        if not thinking:
+            return "Answer: B" if "Which colour" in request.prompt else "no"
+        return replies[i] if "Which colour" in request.prompt else "x\n</think>\n\nno"
+
+    folder = tiny_family_model("qwen3_5")
+    gen = ScriptedGenerator(answer)
+    overrides = {} if thinking else {"enable_thinking": False}
+    cfg = load_config(
+        None,
+        inputs=(str(built("qwen3_5")),),
+        out=str(tmp_path / "cot"),
+        model=folder,
+        backend="transformers",
+        k=4,
+        max_tokens=64,
+        max_model_len=512,
+        max_videos=1,
+        pairs_per_question=1,
+        **overrides,
+    )
+    run_sampling(cfg, generator=gen, progress=False)
+    prompts = {r.key: r.prompt for batch in gen.calls for r in batch}
+    opened, closed = "<|im_start|>assistant\n<think>\n", "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert prompts["img"].endswith(opened if thinking else closed)
+    rows = {r["id"]: r for r in read_stage(tmp_path / "cot")}
+    processor = AutoProcessor.from_pretrained(folder)
+    if thinking:
+        sampling = rows["img#s0"]["meta"]["sampling"]
+        assert sampling["n_correct"] == 2  # samples 0 and 3; sample 1's thinking says B but its answer is A
+        kept = rows["img#s0"]["messages"][-1]
+        expected = "<think>\nIt looks green, not A.\n</think>\n\nAnswer: B<|im_end|>"
+        assert kept == message("assistant", expected.removesuffix("<|im_end|>"))
+        pairs = {r["id"]: r for r in read_stage(tmp_path / "cot", kind="preference")}
+        chosen, rejected = (pairs["img#p0"][side][0]["content"][0]["text"] for side in ("chosen", "rejected"))
+        assert chosen.endswith("</think>\n\nAnswer: B") and rejected.startswith("<think>\n")
+    else:
+        kept = rows["img#s0"]["messages"][-1]
+        assert kept == message("assistant", "Answer: B")
+        # records without reasoning train as the no-think template renders them: an empty think block
+        expected = "<think>\n\n</think>\n\nAnswer: B<|im_end|>"
+    record = rows["img#s0"]
+    media = record["meta"]["media"]
+    image_tokens = [m["tokens"] for m in media["images"]]
+    ids, labels = tokenize_with_labels(record["messages"], processor, image_tokens, [])
+    assert ids == _processor_tokens(processor, "qwen3_5", record, raw)
+    assert len(ids) == record["num_tokens"]
+    trained = processor.tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX])
+    assert trained == expected
+
+
+def test_thinking_mode_is_refused_for_a_family_without_one(built, tiny_family_model, tmp_path):
+    from postvl.rejection_sampling.stage import load_config, run_sampling
+
+    cfg = load_config(
+        None,
+        inputs=(str(built("qwen3_vl")),),
+        out=str(tmp_path / "cot"),
+        model=tiny_family_model("qwen3_vl"),
+        backend="transformers",
+        k=2,
+        max_tokens=16,
+        max_model_len=512,
+        enable_thinking=True,
+    )
+    with pytest.raises(ValueError, match="no thinking mode"):
         run_sampling(cfg, generator=ScriptedGenerator(lambda r, i: "x"), progress=False)

@@ -13,7 +13,7 @@ from postvl.families import FAMILIES, FAMILY_NAMES, UnsupportedFamilyError, get_
 
 
 def test_supported_families_in_order():
-    assert FAMILY_NAMES == ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+    assert FAMILY_NAMES == ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 
 @pytest.mark.parametrize(
@@ -23,6 +23,8 @@ def test_supported_families_in_order():
         ("qwen2_5_vl", 28, "You are a helpful assistant.", False, "absolute"),
         ("qwen3_vl", 32, None, True, "relative_1000"),
         ("qwen3_vl_moe", 32, None, True, "relative_1000"),
+        ("qwen3_5", 32, None, True, "relative_1000"),
+        ("qwen3_5_moe", 32, None, True, "relative_1000"),
     ],
 )
 def test_entry_answers(name, factor, system, timestamps, grounding):
@@ -45,6 +47,15 @@ def test_templates_are_the_official_files():
     # tests/models/qwen2_vl/test_processor_qwen2_vl.py prepare_processor_dict); it is kept as its own file.
     assert get_family("qwen2_vl").chat_template() == get_family("qwen2_5_vl").chat_template()
     assert "You are a helpful assistant." not in get_family("qwen3_vl").chat_template()
+    for name in ("qwen3_5", "qwen3_5_moe"):
+        family = get_family(name)
+        assert family.chat_template() == trl_templates.joinpath("qwen3_5_think.jinja").read_text()
+        assert family.chat_template(enable_thinking=True) == family.chat_template()
+        assert (
+            family.chat_template(enable_thinking=False) == trl_templates.joinpath("qwen3_5_nothink.jinja").read_text()
+        )
+    with pytest.raises(ValueError, match="no thinking mode"):
+        get_family("qwen3_vl").chat_template(enable_thinking=False)
 
 
 def test_unknown_family_names_the_supported_ones():
@@ -60,8 +71,8 @@ def test_unknown_config_and_folder_are_refused(tmp_path):
     config = SimpleNamespace(model_type="llava")  # what get_family reads from a transformers config
     with pytest.raises(UnsupportedFamilyError, match="model_type 'llava'.*supported: qwen2_vl"):
         get_family(config)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_5"}))
-    with pytest.raises(UnsupportedFamilyError, match="qwen3_5"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen4_exp"}))
+    with pytest.raises(UnsupportedFamilyError, match="qwen4_exp"):
         get_family(tmp_path)
     with pytest.raises(UnsupportedFamilyError, match="no config.json"):
         get_family(tmp_path / "missing")
@@ -87,8 +98,9 @@ def test_resolves_from_folder_config_model_and_processor(tiny_family_model, name
     assert get_family(model) is family
     processor = AutoProcessor.from_pretrained(folder)
     assert type(processor).__name__ == family.processor_class
-    # Qwen3-VL dense and MoE share a processor: it answers as the dense entry, identical on every processor question.
-    expected = "qwen3_vl" if name == "qwen3_vl_moe" else name
+    # Dense and MoE share a processor: it answers as the dense entry, identical on every processor question; Qwen3.5
+    # ships Qwen3-VL's processor class, told apart by its chat template.
+    expected = {"qwen3_vl_moe": "qwen3_vl", "qwen3_5_moe": "qwen3_5"}.get(name, name)
     assert get_family(processor).name == expected
     # A processor-only folder (as a dataset build may get) resolves too.
     proc_dir = Path(folder) / "processor_only"
@@ -114,6 +126,13 @@ def test_module_names_exist_in_the_model(tiny_family_model, name):
     experts = [n for n in modules if n.endswith(".mlp.experts")]
     assert bool(experts) is family.moe is (names.experts is not None)
     assert all(n.startswith(names.language_model + ".") for n in experts)
+    attention = [n for n in modules if n.endswith("." + names.attention)]
+    linear = [n for n in modules if names.linear_attention and n.endswith("." + names.linear_attention)]
+    assert attention and all(n.startswith(names.language_model + ".layers.") for n in attention)
+    assert bool(linear) is family.linear_attention
+    if family.linear_attention:  # one Gated DeltaNet, then one softmax-attention layer in the tiny model
+        assert model.config.text_config.layer_types == ["linear_attention", "full_attention"]
+        assert linear == [f"{names.language_model}.layers.0.linear_attn"]
 
 
 def test_peft_wrapped_model_resolves(tiny_family_model):

@@ -107,10 +107,75 @@ def test_qwen3_refuses_media_its_template_would_drop():
         render(messages, family="qwen3_vl")
 
 
+THINKING_SHAPES = {
+    "reasoning_content": [
+        message("user", image_part(), "How many?"),
+        {"role": "assistant", "content": [text_part("3")], "reasoning_content": "  I count: 1, 2, 3.\n"},
+    ],
+    "think_in_content": [message("user", "2+2?"), message("assistant", "<think>\nTwo and two.\n</think>\n\n4")],
+    "no_reasoning": [message("user", "Hi"), message("assistant", "  Hello.  ")],
+    "history_drops_reasoning": [
+        message("user", "a"),
+        {"role": "assistant", "content": "b", "reasoning_content": "old thoughts"},
+        message("user", video_part(), "c"),
+        message("assistant", "<think>new</think>d"),
+    ],
+    "tool_response_is_not_a_query": [
+        message("user", "q"),
+        message("assistant", "<think>t</think>x"),
+        message("user", "<tool_response>r</tool_response>"),
+        message("assistant", "y"),
+    ],
+    "ends_with_user": [
+        message("system", " S "),
+        message("user", "a"),
+        message("assistant", "b"),
+        message("user", "c"),
+    ],
+}
+
+
+@pytest.mark.parametrize("variant", [True, False])
+def test_qwen3_5_thinking_renders_as_both_released_templates(processors, variant):
+    family = get_family("qwen3_5")
+    template = jinja2.Environment().from_string(family.chat_template(enable_thinking=variant))
+    assert processors["qwen3_5"].chat_template == family.chat_template()  # the think variant is the default
+    for shape, messages in THINKING_SHAPES.items():
+        for kwargs in ({}, {"add_generation_prompt": True}, {"add_vision_id": True}):
+            for thinking in (None, True, False):
+                extra = {} if thinking is None else {"enable_thinking": thinking}
+                expected = template.render(messages=messages, **kwargs, **extra)
+                # the released templates differ only in the generation prompt's default
+                ours = render(
+                    messages, family=family, **kwargs, enable_thinking=variant if thinking is None else thinking
+                )
+                assert ours == expected, (shape, kwargs, thinking)
+    assert render(THINKING_SHAPES["no_reasoning"], family=family).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nHello.<|im_end|>\n"
+    )
+    with pytest.raises(ValueError, match="no thinking mode"):
+        render(THINKING_SHAPES["no_reasoning"], family="qwen3_vl", enable_thinking=True)
+
+
+def test_qwen3_5_labels_cover_thinking_and_answer(processors):
+    processor = processors["qwen3_5"]
+    ids, labels = tokenize_with_labels(THINKING_SHAPES["history_drops_reasoning"], processor, [], [None])
+    trained = processor.tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX])
+    # history turns train as the template renders them (reasoning dropped), the last one with its think block
+    assert trained == "b<|im_end|><think>\nnew\n</think>\n\nd<|im_end|>"
+    with pytest.raises(ValueError, match="not supported"):
+        render([message("user", "x"), message("assistant", "see ", image_part())], family="qwen3_5")
+    with pytest.raises(ValueError, match="user query"):
+        render([message("system", "x")], family="qwen3_5")
+
+
 def test_family_is_required_or_found_from_the_tokenizer(processors):
     with pytest.raises(ValueError, match="pass family="):
         render(SHAPES["text_only"])
     assert resolve_family(None, processors["qwen3_vl"]).name == "qwen3_vl"
+    # Qwen3.5 ships Qwen3-VL's processor class: its template tells them apart
+    assert resolve_family(None, processors["qwen3_5"]).name == "qwen3_5"
+    assert resolve_family(None, processors["qwen3_5"].tokenizer).name == "qwen3_5"
     assert resolve_family(None, processors["qwen3_vl"].tokenizer).video_timestamps
     assert resolve_family(None, processors["qwen2_vl"].tokenizer).default_system == "You are a helpful assistant."
     tokenizer = processors["qwen3_vl"].tokenizer
@@ -163,7 +228,8 @@ def test_num_tokens_equal_the_familys_processor(processors, name, tmp_path):
 
     processor = processors[name]
     cfg = PixelConfig.from_processor(processor)
-    assert cfg.family == ("qwen3_vl" if name == "qwen3_vl_moe" else name)
+    # A processor alone resolves to the dense entry of families that share one (same template and geometry).
+    assert cfg.family == {"qwen3_vl_moe": "qwen3_vl", "qwen3_5_moe": "qwen3_5"}.get(name, name)
     from postvl.media import image_token_count
 
     for key, (messages, image_sizes, video_specs) in RECORDS.items():

@@ -82,10 +82,22 @@ def test_tiny_qwen3_vl_moe_routes_through_experts(tiny_family_model):
         assert saved.get_slice("model.language_model.layers.0.mlp.experts.down_proj").get_shape() == [4, 32, 128]
 
 
+def test_tiny_qwen3_5_moe_has_routed_and_shared_experts(tiny_family_model):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_family_model("qwen3_5_moe"))
+    mlp = model.model.language_model.layers[0].mlp
+    assert model.config.text_config.num_experts == 4 and model.config.text_config.num_experts_per_tok == 2
+    assert mlp.experts.gate_up_proj.shape == (4, 2 * 32, 128)
+    assert mlp.shared_expert.gate_proj.weight.shape == (32, 128)
+
+
 def test_cli_tiny_model_family(tmp_path):
     from postvl.cli import main
 
     assert main(["tiny-model", str(tmp_path / "m"), "--family", "qwen2_vl"]) == 0
     assert get_family(tmp_path / "m").name == "qwen2_vl"
+    assert main(["tiny-model", str(tmp_path / "q"), "--family", "qwen3_5_moe"]) == 0
+    assert get_family(tmp_path / "q").name == "qwen3_5_moe"
     with pytest.raises(SystemExit):
         main(["tiny-model", str(tmp_path / "x"), "--family", "llava"])

@@ -35,7 +35,8 @@ def test_vit_frozen_is_patch_and_position_embedding_and_blocks(tiny_family_model
     vit = set().union(*(parts[p] for p in names.vision_frozen_parts()))
     merger = parts[names.merger]
     deepstack = parts.get(names.deepstack_mergers, set()) if names.deepstack_mergers else set()
-    assert bool(deepstack) == bool(names.pos_embed) == family.startswith("qwen3")
+    assert bool(names.pos_embed) == family.startswith("qwen3")  # Qwen3-VL and Qwen3.5
+    assert bool(deepstack) == bool(names.deepstack_mergers) == family.startswith("qwen3_vl")  # not Qwen3.5
     params = dict(model.named_parameters())
 
     def trainable():
@@ -62,8 +63,10 @@ def test_parameter_table_rows_follow_the_family(tiny_family_model, family):
     groups = {g.group: g for g in modeling.parameter_groups(model)}
     fam = get_family(family)
     expected = {"vision patch embed", "vision blocks", "merger", "language model", "lm head"}
+    if fam.modules.pos_embed:
+        expected |= {"vision pos embed"}
     if fam.modules.deepstack_mergers:
-        expected |= {"vision pos embed", "deepstack mergers"}
+        expected |= {"deepstack mergers"}
     if fam.moe:
         expected |= {"moe experts", "moe router"}
     assert set(groups) == expected
@@ -90,6 +93,10 @@ def test_lora_never_reaches_the_vision_tower(tiny_family_model, family):
     hits = [n for n in linear if re.fullmatch(pattern, n)]
     assert hits and all(".language_model." in n for n in hits)
     per_layer = 4 if get_family(family).moe else 7  # attention only when the MLP is experts (packed, not Linear)
+    if get_family(family).linear_attention:
+        # one Gated DeltaNet layer (5 projections) and one attention layer (4), each with its MLP: 3 Linear, or in
+        # the MoE the shared expert (3) and its 1-output gate (the routed experts are packed)
+        per_layer = (5 + 4) / 2 + (4 if get_family(family).moe else 3)
     assert len(hits) == 2 * per_layer
     peft_model = modeling.apply_lora(model, r=4, alpha=8)
     lora = [n for n, _ in peft_model.named_parameters() if "lora_" in n]
