@@ -16,6 +16,7 @@ from PIL import Image
 
 def main(model_dir: str) -> None:
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     # On a CPU machine `use_cpu` is the training config's switch (SFTConfig(use_cpu=True)); gloo then runs.
@@ -40,6 +41,9 @@ def main(model_dir: str) -> None:
     batch = dict(processor(text=[text], images=[image], return_tensors="pt"))
     batch["labels"] = batch["input_ids"].clone()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # no dataloader goes through prepare, so DeepSpeed is told the micro-batch size here
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
     if sharded_on_cpu:
         model = fully_shard_like_plugin(model)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)

@@ -65,10 +65,11 @@ def test_every_shipped_config_parses_and_builds_its_plugin(tiny_model_small):
     assert wrap <= {type(m).__name__ for m in model.modules()}, "FSDP wrap classes must exist in Qwen2.5-VL"
 
 
-def _run(config: str, model: str, tmp_path: Path) -> dict:
+def _run(config: str, model: str, tmp_path: Path, *, processes: int = 2, mixed_precision: str = "no") -> dict:
+    """Launch the worker under a shipped config (also on GPUs by tests/gpu); its RESULT plus the FSDP2 unit counts."""
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "{port}",
+        "--num_processes", str(processes), "--mixed_precision", mixed_precision, "--main_process_port", "{port}",
         str(WORKER), model,
     ]  # fmt: skip
     proc = _launch_helper()(cmd, tmp_path, tmp_path / config)

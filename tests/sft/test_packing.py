@@ -71,8 +71,10 @@ def records(tmp_path_factory):
     return recs, str(root)
 
 
-def _model_and_collators(tiny_model_small, source):
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_small, dtype=torch.float32)
+def _model_and_collators(tiny_model_small, source, *, dtype=torch.float32, device="cpu", attn=None):
+    """The model and both collators (also run in bf16 on CUDA, per attention implementation, by tests/gpu)."""
+    extra = {"attn_implementation": attn} if attn else {}
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_small, dtype=dtype, **extra).to(device)
     processor = AutoProcessor.from_pretrained(tiny_model_small)
     encoder = RecordEncoder(processor)
     cfg = model.config
