@@ -93,3 +93,72 @@ def test_ddp_and_fsdp_configs_train_two_steps_with_equal_losses(tiny_model_small
     assert fsdp["losses"] == pytest.approx(ddp["losses"], rel=1e-5)
     assert ddp["vit_unchanged"] and fsdp["vit_unchanged"] and fsdp["vit_keys"] == 30
     assert not fsdp["vit_requires_grad"]
+
+
+def _load_worker(name: str):
+    sys.path.insert(0, str(WORKER.parent))  # the workers import each other, as they do when run as scripts
+    try:
+        spec = importlib.util.spec_from_file_location(f"_{name}", WORKER.with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(WORKER.parent))
+
+
+@pytest.mark.slow
+def test_fsdp_text_only_rank_touches_the_vision_tower_and_matches_one_process(tiny_model_small, tmp_path):
+    """Rank 0 text-only, rank 1 an image, vision blocks sharded: the run finishes and equals one process.
+
+    Without ``install_vision_touch`` rank 0 skips the vision blocks' all-gathers and the ranks' collectives cross
+    (gloo: "Connection reset by peer" in all_gather; NCCL hangs).
+    """
+    import torch
+
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp.yaml"),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "{port}",
+        str(WORKER.with_name("mixed_worker.py")), tiny_model_small,
+    ]  # fmt: skip
+    proc = _launch_helper()(cmd, tmp_path, tmp_path / "mixed")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("RESULT_UNITS 4") == 2  # really sharded on both ranks
+    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT ") :])
+    assert result["trunk_unchanged"] and result["trunk_params"] > 0
+
+    # One process, the same two micro-batches per step: FSDP averages the ranks' gradients.
+    worker = _load_worker("mixed_worker")
+    model, processor = worker.load(tiny_model_small)
+    text_only, with_image = worker.batches(processor, 0), worker.batches(processor, 1)
+    assert "pixel_values" not in text_only and "pixel_values" in with_image
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    expected = []
+    for _ in range(2):
+        loss = (model(**text_only).loss + model(**with_image).loss) / 2
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        expected.append(loss.item())
+    assert result["losses"] == pytest.approx(expected, rel=1e-5)
+    assert expected[1] < expected[0]
+
+
+def test_vision_touch_adds_exactly_zero_and_reaches_every_vision_parameter(tiny_family_model):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from postvl.vision_touch import install_vision_touch
+
+    for family in ("qwen2_vl", "qwen3_vl"):  # Qwen2.5-VL runs in the FSDP test above; Qwen3-VL has DeepStack
+        model = AutoModelForImageTextToText.from_pretrained(tiny_family_model(family), dtype=torch.float32)
+        ids = torch.tensor([[1, 2, 3, 4]])
+        plain = model(input_ids=ids, labels=ids)
+        handles = install_vision_touch(model)
+        touched = model(input_ids=ids, labels=ids)
+        assert torch.equal(touched.logits, plain.logits) and touched.loss.item() == plain.loss.item()
+        touched.loss.backward()
+        vision = list(model.model.visual.named_parameters())
+        assert all(p.grad is not None and not p.grad.any() for _, p in vision), family
+        assert any("deepstack" in n for n, _ in vision) == (family == "qwen3_vl")
+        for h in handles:
+            h.remove()
