@@ -99,6 +99,13 @@ def params_main(argv: list[str]) -> int:
     )
     parser.add_argument("model", help="hub id or local directory")
     parser.add_argument("--freeze-merger", action="store_true", help="freeze the merger too")
+    parser.add_argument(
+        "--deepstack-mergers",
+        choices=("as-merger", "train", "freeze"),
+        default="as-merger",
+        help="Qwen3-VL's DeepStack mergers: as the merger (default), trained, or frozen with the ViT",
+    )
+    parser.add_argument("--lora-experts", action="store_true", help="MoE: also put LoRA on the packed experts")
     parser.add_argument("--unfreeze-last-n-blocks", type=int, default=0)
     parser.add_argument("--lora-r", type=int, default=0, help="add a LoRA adapter of this rank (0: none)")
     parser.add_argument("--trust-remote-code", action="store_true")
@@ -113,8 +120,17 @@ def params_main(argv: list[str]) -> int:
 
     model, _ = load_model_and_processor(args.model, trust_remote_code=args.trust_remote_code)
     if args.lora_r:  # peft freezes every base parameter, so the vision freeze comes after it
-        model = apply_lora(model, r=args.lora_r, alpha=2 * args.lora_r)
-    freeze_vision(model, train_merger=not args.freeze_merger, unfreeze_last_n_blocks=args.unfreeze_last_n_blocks)
+        model = apply_lora(
+            model, r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0 if args.lora_experts else 0.05,
+            experts=args.lora_experts,
+        )
+    deepstack = {"as-merger": None, "train": True, "freeze": False}[args.deepstack_mergers]
+    freeze_vision(
+        model,
+        train_merger=not args.freeze_merger,
+        train_deepstack_mergers=deepstack,
+        unfreeze_last_n_blocks=args.unfreeze_last_n_blocks,
+    )
     print(format_parameter_table(parameter_groups(model)))
     return 0
 

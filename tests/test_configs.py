@@ -26,7 +26,7 @@ def test_sft_configs_parse_into_trl_and_postvl_dataclasses(path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     from postvl.sft.main import make_parser
 
-    data, vision, output, args, model_args = make_parser().parse_args_and_config(
+    data, vision, _head, output, args, model_args = make_parser().parse_args_and_config(
         ["--config", str(path), "--use_cpu", "true", "--bf16", "false"]
     )
     assert data.datasets and args.max_length and model_args.model_name_or_path
@@ -38,7 +38,7 @@ def test_dpo_configs_parse_into_trl_and_postvl_dataclasses(path):
     from postvl.dpo.main import make_parser
 
     parsed = make_parser().parse_args_and_config(["--config", str(path), "--use_cpu", "true", "--bf16", "false"])
-    data, vision, dpo, output, args, model_args = parsed
+    data, vision, dpo, _head, output, args, model_args = parsed
     assert data.datasets and model_args.model_name_or_path and vision.freeze_vision
     assert args.num_train_epochs == 1  # the report's DPO: one pass over the data
 

@@ -9,7 +9,7 @@ from gpu_helpers import flash_attention_params, load_test_module
 from postvl.families import FAMILY_NAMES
 from postvl.io import read_stage
 from postvl.sft.data import RecordList, bins_dataset
-from postvl.sft.train import manifest_media_root, read_manifest
+from postvl.training.data import manifest_media_root, read_manifest
 
 _packing = load_test_module("sft/test_packing.py")
 _reuse = load_test_module("dpo/test_vision_reuse.py")
@@ -33,7 +33,7 @@ def test_bf16_packed_loss_and_gradients_match_unpacked(tiny_family_model, record
     )
     assert model.config._attn_implementation == attn
     model.train()
-    items = list(bins_dataset([[0, 1], [2, 3]]))
+    items = list(bins_dataset([[0, 1, 4], [2, 3]]))  # as the CPU test: images, a video, text-only
     packed_batch = {k: v.cuda() for k, v in packed(items).items()}
     padded_batch = {k: v.cuda() for k, v in padded(items).items()}
     assert "attention_mask" not in packed_batch
@@ -46,18 +46,7 @@ def test_bf16_packed_loss_and_gradients_match_unpacked(tiny_family_model, record
             assert _cosine(grads_packed[name], g) > MIN_GRAD_COSINE, name
 
 
-# Found on CPU by this test's fp32 twin: the shared-features path (postvl/dpo/vision_cache.py) always reads the
-# Qwen2.5-VL window attention (`tower.window_size`), which the Qwen2-VL and Qwen3-VL towers do not have, and
-# `share_vision_features` defaults to true: DPO raises AttributeError there until it checks the family.
-DPO_FAMILIES = [
-    f
-    if f == "qwen2_5_vl"
-    else pytest.param(f, marks=pytest.mark.xfail(raises=AttributeError, strict=True, reason="no window_size"))
-    for f in FAMILY_NAMES
-]
-
-
-@pytest.mark.parametrize("family", DPO_FAMILIES)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_bf16_dpo_shared_vision_features_match_trls_path(family_preference_build, tiny_family_model, family, tmp_path):
     build = family_preference_build(family)
     recs = RecordList(list(read_stage(build, kind="preference")), manifest_media_root(read_manifest(build)))
