@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast demo lint clean
+.PHONY: venv test test-fast test-gpu demo lint clean
 
 venv:
 	@bash scripts/setup_venv.sh
@@ -15,6 +15,10 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -rs -m "not slow and not vllm" $(PYTEST_ARGS)
+
+# tests/gpu and benchmarks/gpu_sft_tokens.py on a CUDA machine (exits 2 with a message without one)
+test-gpu: venv
+	PY=$(PY) bash scripts/gpu_suite.sh $(PYTEST_ARGS)
 
 demo: venv
 	bash scripts/demo.sh $(DEMO_DIR)

@@ -61,8 +61,10 @@ def test_the_collator_reproduces_trls_vision_preference_batch(tiny_model_small, 
     assert (ours["completion_mask"].sum(1) - plain["completion_mask"].sum(1)).tolist() == [1] * 6
 
 
-def _loss_and_grads(tiny_model_small, records, tmp_path, *, lora, train_merger, share, loss_type="sigmoid"):
-    model, processor = load_model_and_processor(tiny_model_small, dtype="float32")
+def _loss_and_grads(tiny_model_small, records, tmp_path, *, lora, train_merger, share, loss_type="sigmoid",
+                    dtype="float32", device="cpu"):
+    """One DPO loss + gradients through postvl's trainer (also run in bf16 on CUDA by tests/gpu)."""
+    model, processor = load_model_and_processor(tiny_model_small, dtype=dtype)
     freeze_vision(model, train_merger=train_merger)
     ref = None if lora else frozen_copy(model)
     peft_config = None
@@ -78,7 +80,8 @@ def _loss_and_grads(tiny_model_small, records, tmp_path, *, lora, train_merger, 
         for m in (model, ref):
             if m is not None:
                 shared.install(m)
-    args = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, gradient_checkpointing=False,
+    args = DPOConfig(output_dir=str(tmp_path), use_cpu=device == "cpu", bf16=dtype == "bfloat16",
+                     gradient_checkpointing=False,
                      report_to="none", remove_unused_columns=False, loss_type=[loss_type], beta=0.5, seed=0)
     trainer = make_trainer(model=model, ref_model=ref, args=args, train_dataset=index_dataset([0, 1, 2]),
                            data_collator=lambda f: f, processing_class=processor, peft_config=peft_config)
@@ -89,6 +92,7 @@ def _loss_and_grads(tiny_model_small, records, tmp_path, *, lora, train_merger, 
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     batch = _batch(processor, model, records, [0, 4, 8])  # three image sizes
+    batch = {k: v.to(trainer.model.device) for k, v in batch.items()}
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, batch)
     loss.backward()

@@ -94,8 +94,10 @@ def records(tmp_path_factory):
     return recs, str(root)
 
 
-def _model_and_collators(model_dir, source):
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+def _model_and_collators(model_dir, source, *, dtype=torch.float32, device="cpu", attn=None):
+    """The model and both collators (also run in bf16 on CUDA, per attention implementation, by tests/gpu)."""
+    extra = {"attn_implementation": attn} if attn else {}
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, **extra).to(device)
     processor = AutoProcessor.from_pretrained(model_dir)
     encoder = RecordEncoder(processor)
     reset_linear_attention_per_record(model)  # as postvl sft does when packing (Qwen3.5's Gated DeltaNet)
