@@ -202,7 +202,7 @@ def _init_worker(config_path: str) -> None:
 
 def _stateless_chunk(views: list[Mapping[str, Any]]) -> list[str | None]:
     assert _WORKER is not None
-    return [_WORKER.check_stateless(Sample(v)) for v in views]
+    return _WORKER.check_stateless_batch([Sample(v) for v in views])
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
