@@ -158,8 +158,9 @@ class RelevanceFilter(Filter):
         self.open_similarity = open_similarity
         self._embed = embed
         self._open_vectors: np.ndarray | None = None
-        # Questions recur ("Describe the image.", templated prompts): their vectors are kept, a bounded number.
-        self._query_vectors: dict[str, np.ndarray] = {}
+        # Questions recur ("Describe the image.", templated prompts): their unit vectors and whether they are open
+        # are kept, a bounded number.
+        self._queries: dict[str, tuple[np.ndarray, bool]] = {}
 
     @property
     def embedding(self) -> bool:
@@ -171,25 +172,42 @@ class RelevanceFilter(Filter):
         return self._embed
 
     def similarity(self, query: str, answer: str) -> float:
-        """Cosine similarity of the two texts (embedding or lexical)."""
+        """Cosine similarity of the two texts (embedding or lexical); with embeddings, ``inf`` for a question that
+        names no topic (see ``open_queries``)."""
         if self.embedding:
             return self._judge([query], [answer])[0]
         return lexical_similarity(query, answer, self.ngram_size, self.cjk_ngram_size)
 
     def _judge(self, queries: list[str], answers: list[str]) -> list[float]:
-        """Embedding similarity of each pair, or +inf for an open question (not judged)."""
+        """Embedding similarity of each pair, or +inf for an open question (not judged); one encoder call for the
+        new questions and one for the answers of the judged pairs, texts cut to ``max_chars``."""
+        embed = self._embedder()
         if self._open_vectors is None:
             vectors = np.zeros((0, 1))
             if self.open_queries:
-                vectors = np.asarray(self._embedder()(self.open_queries), dtype=np.float64)
-            self._open_vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        out = []
-        for q, a in self._vectors(queries, answers):
-            q_unit = np.asarray(q, dtype=np.float64) / max(float(np.linalg.norm(q)), 1e-12)
-            if self._open_vectors.size and float((self._open_vectors @ q_unit).max()) >= self.open_similarity:
-                out.append(math.inf)
-            else:
-                out.append(_cosine(q, a))
+                vectors = _unit(np.asarray(embed(self.open_queries), dtype=np.float32))
+            self._open_vectors = vectors
+        queries = [q[: self.max_chars] for q in queries]
+        known = self._queries
+        new = list(dict.fromkeys(q for q in queries if q not in known))
+        if len(known) + len(new) > _QUERY_CACHE_SIZE:
+            known.clear()
+            new = list(dict.fromkeys(queries))
+        if new:
+            vectors = _unit(np.asarray(embed(new), dtype=np.float32))
+            is_open = (
+                (vectors @ self._open_vectors.T).max(axis=1) >= self.open_similarity
+                if self._open_vectors.size
+                else np.zeros(len(new), dtype=bool)
+            )
+            known.update((q, (v, bool(o))) for q, v, o in zip(new, vectors, is_open))
+        entries = [known[q] for q in queries]
+        judged = [i for i, (_, is_open) in enumerate(entries) if not is_open]
+        out = [math.inf] * len(queries)
+        if judged:
+            answer_vectors = _unit(np.asarray(embed([answers[i][: self.max_chars] for i in judged]), dtype=np.float32))
+            for i, a in zip(judged, answer_vectors):
+                out[i] = float(np.dot(entries[i][0].astype(np.float64), a.astype(np.float64)))
         return out
 
     def _threshold_for(self, sample: Sample) -> float | None:
@@ -200,20 +218,6 @@ class RelevanceFilter(Filter):
         if record.get("images") or record.get("videos"):
             return self.visual_threshold
         return self.threshold
-
-    def _vectors(self, queries: list[str], answers: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Embeddings of each (query, answer), the texts cut to ``max_chars``; one encoder call for the batch."""
-        queries = [q[: self.max_chars] for q in queries]
-        answers = [a[: self.max_chars] for a in answers]
-        known = self._query_vectors
-        new_queries = list(dict.fromkeys(q for q in queries if q not in known))
-        vectors = np.asarray(self._embedder()(new_queries + answers), dtype=np.float32)
-        if len(known) + len(new_queries) > _QUERY_CACHE_SIZE:
-            known.clear()
-        fresh = dict(zip(new_queries, vectors[: len(new_queries)]))
-        known.update(fresh)
-        answer_vectors = vectors[len(new_queries) :]
-        return [(known.get(q, fresh.get(q)), v) for q, v in zip(queries, answer_vectors)]
 
     def prepare(self, samples: Sequence[Sample]) -> None:
         if not self.embedding:
@@ -241,11 +245,10 @@ _QUERY_CACHE_SIZE = 4096
 _EMBED_BATCH = 64
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b) / norm if norm else 0.0
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (a zero row stays zero)."""
+    vectors = vectors.reshape(len(vectors), -1)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def lexical_similarity(a: str, b: str, ngram_size: int = 3, cjk_ngram_size: int = 2) -> float:

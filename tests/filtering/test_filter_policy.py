@@ -181,7 +181,7 @@ def test_extra_params_reach_the_filters():
     config = PolicyConfig.from_dict(
         {"defaults": {"relevance": {"threshold": 0.5, "visual_threshold": 0.5, "min_answer_chars": 1}}}
     )
-    toy = {"embed": lambda texts: [[1.0, 0.0], [0.0, 1.0]], "open_queries": []}  # one (query, answer) pair
+    toy = {"embed": lambda texts: [[1.0, 0.0] if "query" in t else [0.0, 1.0] for t in texts], "open_queries": []}
     policy = Policy(config, extra_params={"relevance": toy})
     assert policy.check(rec("Some answer text.", query="A long enough query text")) == "irrelevant_answer"
     with pytest.raises(KeyError, match="did you mean"):
