@@ -8,8 +8,8 @@ Builds a tiny random Qwen2.5-VL (the real architecture) in a temporary folder un
 the same prompts (one PIL image each) and samples ``k`` answers per prompt with both backends of
 ``postvl.generation`` (transformers first, so that vLLM's CPU thread binding cannot slow it down). ``ignore_eos``
 makes every sample exactly ``max_tokens`` long, so both backends generate the same number of tokens. Engine and
-model start-up (and one warm-up call) are timed and printed separately and excluded from the rates. The last line is
-``speedup: X.XX`` (vLLM tokens/s over transformers tokens/s).
+model start-up (and one warm-up call) are timed and printed separately and excluded from the rates. Then
+``speedup: X.XX`` (vLLM tokens/s over transformers tokens/s) and the same as a ``RESULT`` line.
 """
 
 from __future__ import annotations
@@ -91,6 +91,11 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         del generator
     print(f"both backends generated {args.prompts * args.k * args.max_tokens} tokens")
     print(f"speedup: {results['vllm'] / results['transformers']:.2f}")
+    print(
+        f"RESULT sampling_vllm_vs_transformers {results['vllm'] / results['transformers']:.2f} x | generated tok/s, "
+        f"vLLM ({results['vllm']:,.0f}) / transformers generate ({results['transformers']:,.0f}); "
+        f"{args.prompts} image prompts, k={args.k}, {args.max_tokens} tokens"
+    )
 
 
 if __name__ == "__main__":
