@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -106,52 +107,48 @@ def parse_results(script: str, text: str) -> tuple[list[Row], list[str]]:
 
 
 def run_script(folder: Path, script: str, args: list[str], timeout: float, log_dir: Path) -> Outcome:
-    """Run one benchmark; its stdout and stderr go to ``log_dir/<script>.log``."""
+    """Run one benchmark; its stdout and stderr go to ``log_dir/<script>.log`` as they come (``tail -f`` it)."""
     path = folder / f"{script}.py"
     if not path.is_file():
         return Outcome(script, None, 0.0, error=f"missing: {path.relative_to(folder.parent)} does not exist")
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
+    log = log_dir / f"{script}.log"
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(
+    with log.open("w", encoding="utf-8") as f:
+        f.write(f"$ python benchmarks/{script}.py {' '.join(args)}\n")
+        f.flush()
+        # its own process group, so that a timeout also ends what it started (engine workers, measuring children)
+        proc = subprocess.Popen(
             [sys.executable, str(path), *args],
             cwd=REPO,
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            stdout=f,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
-    except subprocess.TimeoutExpired as err:
-        seconds = time.perf_counter() - start
-        _write_log(log_dir, script, args, _text(err.stdout), _text(err.stderr), None)
-        return Outcome(script, None, seconds, error=f"timed out after {timeout:.0f} s")
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
     seconds = time.perf_counter() - start
-    _write_log(log_dir, script, args, proc.stdout, proc.stderr, proc.returncode)
-    rows, bad = parse_results(script, proc.stdout)
-    outcome = Outcome(script, proc.returncode, seconds, rows)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
-        outcome.error = f"exit {proc.returncode}: {tail[0][:160]}"
+    text = log.read_text(encoding="utf-8", errors="replace")
+    rows, bad = parse_results(script, text)
+    outcome = Outcome(script, code, seconds, rows)
+    if code is None:
+        outcome.error = f"timed out after {timeout:.0f} s"
+    elif code != 0:
+        tail = text.strip().splitlines()[-1:] or [""]
+        outcome.error = f"exit {code}: {tail[0][:160]}"
     elif bad:
         outcome.error = f"malformed RESULT line: {bad[0][:160]}"
     elif not rows:
         outcome.error = "no RESULT line"
     return outcome
-
-
-def _text(value: str | bytes | None) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value or ""
-
-
-def _write_log(log_dir: Path, script: str, args: list[str], stdout: str, stderr: str, code: int | None) -> None:
-    header = f"$ python benchmarks/{script}.py {' '.join(args)}\n# exit {code}\n"
-    (log_dir / f"{script}.log").write_text(header + stdout + "\n--- stderr ---\n" + stderr, encoding="utf-8")
 
 
 def table_rows(outcomes: list[Outcome]) -> list[Row]:

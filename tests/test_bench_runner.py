@@ -29,12 +29,14 @@ def test_rows_failures_and_exit_code(tmp_path, capsys, monkeypatch):
         "crash": 'print("RESULT early 2.00 x | printed before the crash")\nraise SystemExit("peer not installed")',
         "silent": 'print("speedup: 3.0")',
         "garbled": 'print("RESULT Bad-Name 1.0 x | not snake case")',
+        "stuck": 'import subprocess, sys, time\nsubprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])\n'
+        "time.sleep(120)",
         "_helper": 'raise AssertionError("private modules are not benchmarks")',
     }
     for name, body in scripts.items():
         (bench / f"{name}.py").write_text(textwrap.dedent(body) + "\n")
     monkeypatch.setattr(runner, "EXPECTED", ("good", "gone"))  # "gone" is expected but not there
-    code = runner.main(["--dir", str(bench), "--log-dir", str(tmp_path / "logs"), "--timeout", "60"])
+    code = runner.main(["--dir", str(bench), "--log-dir", str(tmp_path / "logs"), "--timeout", "8"])
     out = capsys.readouterr().out
     assert code == 1
     rows = {(r["script"], r["name"]): r for r in json.loads((tmp_path / "logs" / "results.json").read_text())["rows"]}
@@ -51,9 +53,10 @@ def test_rows_failures_and_exit_code(tmp_path, capsys, monkeypatch):
     assert rows[("silent", "FAILED")]["what"] == "no RESULT line"
     assert rows[("garbled", "FAILED")]["what"].startswith("malformed RESULT line")
     assert rows[("gone", "FAILED")]["what"].startswith("missing")
+    assert rows[("stuck", "FAILED")]["what"] == "timed out after 8 s"
     assert not any(script == "_helper" for script, _ in rows)
     assert ("good", "FAILED") not in rows
-    assert "good_ratio" in out and "1.50" in out and out.count("FAILED") == 4
+    assert "good_ratio" in out and "1.50" in out and out.count("FAILED") == 5
     assert "table first" in (tmp_path / "logs" / "good.log").read_text()
 
 
