@@ -49,6 +49,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "filter_throughput": ["-n", "20000", "--peer-records", "5000", "--rss", "10000", "40000"],
     "tag_throughput": ["--n", "1000", "--repeats", "2"],
     "render_speed": ["--records", "1000"],
+    "sampling_throughput": ["--prompts", "8", "--k", "4", "--max-tokens", "64"],
 }
 RESULT_RE = re.compile(r"^RESULT (?P<name>[a-z0-9_]+) (?P<value>\S+) (?P<unit>\S+) \| (?P<what>.+)$")
 
