@@ -1,7 +1,7 @@
 """The ``postvl`` command: one thin sub-command per stage.
 
     postvl --help
-    postvl tiny-model OUT [--vocab small|qwen] [--seed N]
+    postvl tiny-model OUT [--family qwen2_vl|qwen2_5_vl|qwen3_vl|qwen3_vl_moe] [--vocab small|qwen] [--seed N]
     postvl <command> --help
 
 Each sub-command lives in its own module and is imported only when it runs, so ``postvl --help`` answers at once.
@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("postvl.dpo.main:main", "DPO with TRL: ViT frozen, one pass, each image encoded once per step"),
     "run": ("postvl.pipeline:main", "the whole recipe, build -> tag -> filter -> sample -> sft -> dpo, resumable"),
     "report": ("postvl.report:main", "a self-contained HTML report (funnel, domains, scores, curves) of a run folder"),
-    "tiny-model": ("postvl.cli:tiny_model_main", "save a tiny random Qwen2.5-VL + processor, built offline"),
+    "tiny-model": ("postvl.cli:tiny_model_main", "save a tiny random model of one family + processor, built offline"),
     "params": ("postvl.cli:params_main", "print trainable vs frozen parameters of a model with the ViT frozen"),
 }
 
@@ -59,24 +59,32 @@ def _setup_logging() -> None:
 def tiny_model_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="postvl tiny-model",
-        description="Save a randomly initialised tiny Qwen2.5-VL (the real architecture) with its full processor "
-        "and the official chat template, built offline. Loads with AutoModelForImageTextToText / AutoProcessor "
-        "and is served by vLLM.",
+        description="Save a randomly initialised tiny model of one family (the real architecture) with its full "
+        "processor and the family's official chat template, built offline. Loads with AutoModelForImageTextToText / "
+        "AutoProcessor.",
+    )
+    from postvl.families import FAMILIES, FAMILY_NAMES
+
+    parser.add_argument(
+        "--family",
+        choices=FAMILY_NAMES,
+        default="qwen2_5_vl",
+        help="model family (default qwen2_5_vl)",
     )
     parser.add_argument("out", help="output directory")
     parser.add_argument(
         "--vocab",
         choices=("small", "qwen"),
         default="small",
-        help="small: ~420-token byte-level BPE (fast); qwen: the real Qwen2/2.5 vocabulary with official ids",
+        help="small: ~420-token byte-level BPE (fast); qwen: the real Qwen vocabulary with official ids",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     _setup_logging()
     from postvl.modeling import build_tiny_model
 
-    out = build_tiny_model(args.out, vocab=args.vocab, seed=args.seed)
-    print(f"tiny Qwen2.5-VL ({args.vocab} vocabulary) saved to {out}")
+    out = build_tiny_model(args.out, vocab=args.vocab, seed=args.seed, family=args.family)
+    print(f"tiny {FAMILIES[args.family].title} ({args.vocab} vocabulary) saved to {out}")
     return 0
 
 

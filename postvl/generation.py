@@ -29,6 +29,7 @@ vLLM is imported only when a ``VLLMGenerator`` is built; set vLLM's environment 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from postvl.families import Family, get_family
 from postvl.media import PixelConfig
 
 logger = logging.getLogger(__name__)
@@ -86,10 +88,17 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Video:
-    """Frames already sampled (``frames``: uint8 array ``(T, H, W, 3)``) and the rate they were sampled at."""
+    """Frames already sampled (``frames``: uint8 array ``(T, H, W, 3)``) and the rate they were sampled at.
+
+    ``indices`` / ``source_fps`` / ``source_frames``: for families that write timestamps (Qwen3-VL), the sampled
+    frames' indices in the file, its frame rate and frame count, which the processor turns into ``<t seconds>``.
+    """
 
     frames: Any
     fps: float
+    indices: tuple[int, ...] | None = None
+    source_fps: float | None = None
+    source_frames: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,13 +151,18 @@ def load_image(path: str | Path) -> Any:
 
 
 def load_video(path: str | Path, pixels: PixelConfig) -> Video:
-    """Frames sampled at ``pixels.fps`` (every frame when ``None``), at most ``max_frames``, an even count >= 2."""
+    """Frames sampled at ``pixels.fps`` (every frame when ``None``), at most ``max_frames``, an even count >= 2.
+
+    For a family that writes timestamps (``pixels.family``, Qwen3-VL) the frames are the ones its video processor
+    keeps (``postvl.media.qwen3_frame_indices``) and the video keeps their indices and the file's fps, so the
+    timestamps equal the build's; a file without a frame rate raises.
+    """
     import cv2
     import numpy as np
 
     capture = cv2.VideoCapture(str(path))
     try:
-        native_fps = capture.get(cv2.CAP_PROP_FPS) or (pixels.fps or 2.0)
+        container_fps = capture.get(cv2.CAP_PROP_FPS)
         frames = []
         ok, frame = capture.read()
         while ok:
@@ -158,6 +172,16 @@ def load_video(path: str | Path, pixels: PixelConfig) -> Video:
         capture.release()
     if not frames:
         raise ValueError(f"video {path} has no readable frame; rebuild the dataset (postvl build checks videos)")
+    if _writes_timestamps(pixels):
+        from postvl.media import VideoInfo, qwen3_frame_indices
+
+        if not container_fps > 0:
+            raise ValueError(f"video {path} names no frame rate: its timestamps cannot be computed")
+        h, w = frames[0].shape[:2]
+        indices = qwen3_frame_indices(VideoInfo(len(frames), container_fps, w, h), pixels)
+        picked = np.stack([frames[i] for i in indices])
+        return Video(picked, container_fps, tuple(indices), container_fps, len(frames))
+    native_fps = container_fps or (pixels.fps or 2.0)
     duration = len(frames) / native_fps
     wanted = len(frames) if pixels.fps is None else round(duration * pixels.fps)
     count = max(pixels.temporal_patch_size, min(pixels.max_frames, max(pixels.min_frames, wanted), len(frames)))
@@ -165,6 +189,27 @@ def load_video(path: str | Path, pixels: PixelConfig) -> Video:
     count = max(count, pixels.temporal_patch_size)
     index = np.linspace(0, len(frames) - 1, count).round().astype(int)
     return Video(frames=np.stack([frames[i] for i in index]), fps=count / duration)
+
+
+def _writes_timestamps(pixels: PixelConfig | None) -> bool:
+    return pixels is not None and pixels.family is not None and get_family(pixels.family).video_timestamps
+
+
+def model_family(model: str | Path) -> Family:
+    """The family of a model folder (or hub id); an unsupported model raises, naming the supported families."""
+    return get_family(Path(model)) if Path(model).is_dir() else get_family(str(model))
+
+
+def pixels_for(family: Family, pixels: PixelConfig | None) -> PixelConfig | None:
+    """``pixels`` with ``family``'s geometry: budgets made for another family (a judge or tagger of another family
+    than the dataset) keep their numbers, while patch and merge sizes are always the serving model's."""
+    if pixels is None or pixels.family == family.name:
+        return pixels
+    budgets = {k: getattr(pixels, k) for k in ("min_pixels", "max_pixels", "video_min_pixels", "video_max_pixels")}
+    budgets |= {"fps": pixels.fps, "min_frames": pixels.min_frames, "max_frames": pixels.max_frames}
+    if pixels.fps is None:  # every frame; None would mean "the family default" to pixel_config
+        return dataclasses.replace(family.pixel_config(**budgets), fps=None)
+    return family.pixel_config(**budgets)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -218,16 +263,8 @@ def build_generator(
     raise ValueError(f"unknown generation backend {backend!r}: choose one of {BACKENDS}")
 
 
-def _mm_processor_kwargs(pixels: PixelConfig | None) -> dict[str, Any]:
-    if pixels is None:
-        return {}
-    # Flat min/max pixels reach the image processor; videos get their own limits (vLLM does not copy flat values
-    # into videos_kwargs).
-    return {
-        "min_pixels": pixels.min_pixels,
-        "max_pixels": pixels.max_pixels,
-        "videos_kwargs": {"min_pixels": pixels.video_min_pixels, "max_pixels": pixels.video_max_pixels},
-    }
+def _mm_processor_kwargs(family: Family, pixels: PixelConfig | None) -> dict[str, Any]:
+    return {} if pixels is None else family.vllm_mm_processor_kwargs(pixels)
 
 
 @dataclass
@@ -247,10 +284,13 @@ class VLLMGenerator:
     engine_kwargs: Mapping[str, Any] | None = None
     llm: Any = field(init=False, repr=False)
     request_seeds: bool = field(default=True, init=False)
+    family: Family = field(init=False, repr=False)
     _pixels_checked: bool = field(default=False, init=False, repr=False)
     _processor: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.family = model_family(self.model)
+        self.pixels = pixels_for(self.family, self.pixels)
         try:
             import vllm
         except ImportError as err:
@@ -260,7 +300,7 @@ class VLLMGenerator:
             "dtype": self.dtype,
             "max_model_len": self.max_model_len,
             "limit_mm_per_prompt": {"image": self.max_images, "video": self.max_videos},
-            "mm_processor_kwargs": _mm_processor_kwargs(self.pixels),
+            "mm_processor_kwargs": _mm_processor_kwargs(self.family, self.pixels),
             "seed": self.seed,
         }
         kwargs.update(self.engine_kwargs or {})
@@ -340,6 +380,15 @@ def _vllm_prompt(request: Request) -> dict[str, Any]:
 def _video_metadata(video: Video) -> dict[str, Any]:
     # The frames are already sampled at the dataset's fps: tell the processor not to sample again.
     count = len(video.frames)
+    if video.indices is not None:  # timestamps from the frames' place in the file (Qwen3-VL)
+        return {
+            "fps": video.source_fps,
+            "duration": video.source_frames / video.source_fps,
+            "total_num_frames": video.source_frames,
+            "frames_indices": list(video.indices),
+            "video_backend": "opencv",
+            "do_sample_frames": False,
+        }
     return {
         "fps": video.fps,
         "duration": count / video.fps,
@@ -351,7 +400,7 @@ def _video_metadata(video: Video) -> dict[str, Any]:
 
 
 def apply_pixels(processor: Any, pixels: PixelConfig | None) -> None:
-    """Set a Qwen2-VL processor's image and video limits to ``pixels`` (no-op for ``None``)."""
+    """Set a supported family's processor image and video limits to ``pixels`` (no-op for ``None``)."""
     if pixels is None:
         return
     processor.image_processor.size = {"shortest_edge": pixels.min_pixels, "longest_edge": pixels.max_pixels}
@@ -401,10 +450,13 @@ class TransformersGenerator:
     model_kwargs: Mapping[str, Any] | None = None
     hf_model: Any = field(init=False, repr=False)
     processor: Any = field(init=False, repr=False)
+    family: Family = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         from postvl.modeling import load_model_and_processor
 
+        self.family = model_family(self.model)
+        self.pixels = pixels_for(self.family, self.pixels)
         kwargs = dict(self.model_kwargs or {})
         self.hf_model, self.processor = load_model_and_processor(self.model, dtype=self.dtype, **kwargs)
         self.hf_model.eval()

@@ -51,6 +51,8 @@ class PixelConfig:
             ``do_sample_frames=False``).
         min_frames, max_frames: bounds on the number of sampled frames.
         patch_size, merge_size, temporal_patch_size: the vision tower's geometry.
+        family: the model family (``postvl.families``) these limits were made for; ``None`` in configs written before
+            families existed (read as Qwen2.5-VL geometry, which is what those configs hold).
     """
 
     min_pixels: int = DEFAULT_MIN_PIXELS
@@ -63,6 +65,7 @@ class PixelConfig:
     patch_size: int = PATCH_SIZE
     merge_size: int = MERGE_SIZE
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE
+    family: str | None = None
 
     def __post_init__(self) -> None:
         errors = []
@@ -86,8 +89,16 @@ class PixelConfig:
 
     @classmethod
     def from_processor(cls, processor: Any, **overrides: Any) -> PixelConfig:
-        """Read the limits from a Qwen2-VL-style processor; ``overrides`` that are not ``None`` win."""
-        values: dict[str, Any] = {}
+        """Read the limits from a supported family's processor; ``overrides`` that are not ``None`` win.
+
+        Raises:
+            UnsupportedFamilyError: the processor belongs to no supported family.
+            ValueError: the video processor caps pixels per frame (``cap_pixels_per_frame=True``), which these
+                token counts do not follow.
+        """
+        from postvl.families import get_family
+
+        values: dict[str, Any] = {"family": get_family(processor).name}
         image_processor = getattr(processor, "image_processor", processor)
         size = dict(getattr(image_processor, "size", None) or {})
         values["min_pixels"] = size.get("shortest_edge", getattr(image_processor, "min_pixels", None))
@@ -103,6 +114,11 @@ class PixelConfig:
             values["fps"] = getattr(video_processor, "fps", None)
             values["min_frames"] = getattr(video_processor, "min_frames", None)
             values["max_frames"] = getattr(video_processor, "max_frames", None)
+            if getattr(video_processor, "cap_pixels_per_frame", None):
+                raise ValueError(
+                    "the video processor has cap_pixels_per_frame=True; postvl counts video tokens as transformers "
+                    "5.19 does by default (no per-frame cap): set it to False"
+                )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**{k: v for k, v in values.items() if v is not None})
 
@@ -258,11 +274,15 @@ def image_token_count(height: int, width: int, cfg: PixelConfig) -> int:
 
 @dataclass(frozen=True)
 class VideoInfo:
+    """What a video's container says. ``fps_assumed``: the container holds no frame rate and ``fps`` is a guess
+    (an animated GIF without frame durations), which families that write timestamps refuse."""
+
     num_frames: int
     fps: float
     width: int
     height: int
     backend: str = ""
+    fps_assumed: bool = False
 
     @property
     def duration(self) -> float:
@@ -323,8 +343,9 @@ def _probe_gif(path: Path) -> VideoInfo:
     try:
         with Image.open(path) as img:
             frames = getattr(img, "n_frames", 1)
-            duration_ms = img.info.get("duration") or 100
-            return VideoInfo(frames, 1000.0 / duration_ms, img.width, img.height, backend="pil")
+            duration_ms = img.info.get("duration")
+            fps = 1000.0 / (duration_ms or 100)  # PIL's own default frame duration when the GIF names none
+            return VideoInfo(frames, fps, img.width, img.height, backend="pil", fps_assumed=not duration_ms)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise RecordError("corrupt_media", f"{path}: {type(err).__name__}: {err}") from err
 
@@ -354,14 +375,143 @@ def sampled_frame_count(info: VideoInfo, cfg: PixelConfig) -> int:
 
 
 def video_token_count(info: VideoInfo, cfg: PixelConfig) -> int:
-    """LLM tokens for one video: ``grid_t * grid_h * grid_w / merge**2`` after frame sampling and resizing."""
-    frames = sampled_frame_count(info, cfg)
+    """Vision pad tokens of one video: ``grid_t * grid_h * grid_w / merge**2`` after frame sampling and resizing.
+
+    For families that write timestamps (Qwen3-VL) this is the pads only; :func:`video_tokens` also gives the
+    timestamps and per-patch layout the text adds.
+    """
+    return video_tokens(info, cfg).pads
+
+
+@dataclass(frozen=True)
+class VideoTokens:
+    """The LLM-side layout of one video.
+
+    Attributes:
+        patches: temporal patches (``grid_t``).
+        tokens_per_patch: vision pads per temporal patch (``grid_h * grid_w / merge**2``).
+        timestamps: Qwen3-VL: seconds of each temporal patch, written as ``<t seconds>`` before its
+            ``<|vision_start|>...<|vision_end|>`` block; ``None`` for families whose video is one block of pads.
+    """
+
+    patches: int
+    tokens_per_patch: int
+    timestamps: tuple[float, ...] | None = None
+
+    @property
+    def pads(self) -> int:
+        return self.patches * self.tokens_per_patch
+
+    def placeholder(self, pad: str = "<|video_pad|>", start: str = "<|vision_start|>", end: str = "<|vision_end|>"):
+        """The text that replaces the template's single ``<|video_pad|>`` (what the processor writes)."""
+        if self.timestamps is None:
+            return pad * self.pads
+        block = pad * self.tokens_per_patch
+        return "".join(f"<{t:.1f} seconds>{start}{block}{end}" for t in self.timestamps)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"patches": self.patches, "tokens_per_patch": self.tokens_per_patch}
+        if self.timestamps is not None:
+            out["timestamps"] = list(self.timestamps)
+        return out
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> VideoTokens:
+        ts = value.get("timestamps")
+        return cls(int(value["patches"]), int(value["tokens_per_patch"]), None if ts is None else tuple(ts))
+
+
+def _writes_timestamps(cfg: PixelConfig) -> bool:
+    if cfg.family is None:
+        return False
+    from postvl.families import get_family
+
+    return get_family(cfg.family).video_timestamps
+
+
+def video_tokens(info: VideoInfo, cfg: PixelConfig) -> VideoTokens:
+    """Frame sampling, resize and token layout of one video, as the family's video processor computes them.
+
+    Qwen2-VL / Qwen2.5-VL (``Qwen2VLVideoProcessor``): see :func:`sampled_frame_count`; each frame resized under the
+    per-frame budget. Qwen3-VL (``Qwen3VLVideoProcessor``): ``int(total / video_fps * fps)`` frames clamped to
+    ``[min_frames, min(max_frames, total)]`` at ``linspace(0, total - 1, n).round()``, the clip resized under a budget
+    over all frames, and each temporal patch stamped with the mean time of its frames (``frame_index / video_fps``).
+
+    Raises:
+        RecordError: ``video_too_short``; ``extreme_aspect_ratio``; ``video_without_fps`` when the family writes
+            timestamps and the container gives no frame rate (the processor would silently assume 24 fps).
+    """
+    if not _writes_timestamps(cfg):
+        frames = sampled_frame_count(info, cfg)
+        try:
+            rh, rw = smart_resize(info.height, info.width, cfg.factor, cfg.video_min_pixels, cfg.video_max_pixels)
+        except ValueError as err:
+            raise RecordError("extreme_aspect_ratio", f"video {info.width}x{info.height}: {err}") from err
+        grid_t = -(-frames // cfg.temporal_patch_size)
+        return VideoTokens(grid_t, (rh // cfg.factor) * (rw // cfg.factor))
+    if info.fps_assumed or not info.fps > 0:
+        raise RecordError(
+            "video_without_fps",
+            f"{info.num_frames}-frame video without a frame rate: timestamps need it (re-encode with a known fps)",
+        )
+    indices = qwen3_frame_indices(info, cfg)
+    tps = cfg.temporal_patch_size
+    # transformers 5.19's Qwen3VLVideoProcessor default (cap_pixels_per_frame=False): one budget for the clip.
+    max_pixels = cfg.video_max_pixels
     try:
-        rh, rw = smart_resize(info.height, info.width, cfg.factor, cfg.video_min_pixels, cfg.video_max_pixels)
+        rh, rw = qwen3_video_resize(
+            len(indices), info.height, info.width, tps, cfg.factor, cfg.video_min_pixels, max_pixels
+        )
     except ValueError as err:
-        raise RecordError("extreme_aspect_ratio", f"video {info.width}x{info.height}: {err}") from err
-    grid_t = -(-frames // cfg.temporal_patch_size)
-    return grid_t * (rh // cfg.factor) * (rw // cfg.factor)
+        reason = "video_too_short" if "temporal_factor" in str(err) else "extreme_aspect_ratio"
+        raise RecordError(reason, f"video {info.width}x{info.height}, {len(indices)} frames: {err}") from err
+    padded = list(indices) + [indices[-1]] * (-len(indices) % tps)
+    seconds = [i / info.fps for i in padded]
+    stamps = tuple((seconds[k] + seconds[k + tps - 1]) / 2 for k in range(0, len(seconds), tps))
+    return VideoTokens(len(stamps), (rh // cfg.factor) * (rw // cfg.factor), stamps)
+
+
+def qwen3_frame_indices(info: VideoInfo, cfg: PixelConfig) -> list[int]:
+    """Frame indices ``Qwen3VLVideoProcessor.sample_frames`` keeps (every frame when ``cfg.fps`` is ``None``)."""
+    total = info.num_frames
+    if cfg.fps is None:
+        return list(range(total))
+    n = int(total / info.fps * cfg.fps)
+    n = min(max(n, cfg.min_frames), cfg.max_frames, total)
+    if n <= 0:
+        raise RecordError("video_too_short", f"{total} frames give no sampled frame")
+    if n == 1:
+        return [0]
+    # numpy's linspace(0, total - 1, n).round(): round half to even, as numpy does
+    step = (total - 1) / (n - 1)
+    return [int(round(k * step)) if k < n - 1 else total - 1 for k in range(n)]
+
+
+def qwen3_video_resize(
+    num_frames: int, height: int, width: int, temporal_factor: int, factor: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """``transformers.models.qwen3_vl.video_processing_qwen3_vl.smart_resize``: one budget over the whole clip."""
+    if num_frames < temporal_factor:
+        raise ValueError(f"t:{num_frames} must be larger than temporal_factor:{temporal_factor}")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height = int(height * scale)
+        width = int(width * scale)
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        ratio = max(height, width) / min(height, width)
+        raise ValueError(f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {ratio}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(num_frames / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((num_frames * height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -427,54 +427,130 @@ def _small_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return dict(model["vocab"]), merges
 
 
-def build_tiny_processor(tokenizer: Any) -> Any:
-    """The full Qwen2.5-VL processor (image + video processor) around ``tokenizer``, with tiny pixel limits."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+# Qwen3 added four plain tokens after the 22 of Qwen2/2.5 (ids 151665..151668 in the real vocabulary).
+QWEN3_EXTRA_TOKENS: tuple[str, ...] = ("<tool_response>", "</tool_response>", "<think>", "</think>")
 
-    size = {"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS}
-    image_processor = Qwen2VLImageProcessor(size=size)
-    video_processor = Qwen2VLVideoProcessor(size=size, fps=2.0)
-    return Qwen2_5_VLProcessor(
+# Tiny Qwen2-VL vision tower (its config names differ from Qwen2.5-VL's: embed_dim / mlp_ratio / hidden_size = out).
+TINY_VISION_QWEN2 = dict(
+    depth=2,
+    embed_dim=64,
+    mlp_ratio=2,
+    num_heads=4,
+    hidden_size=128,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+)
+# Tiny Qwen3-VL vision tower (patch 16; learned position embedding on a 16 x 16 grid; one DeepStack layer).
+TINY_VISION_QWEN3 = dict(
+    depth=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=4,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    out_hidden_size=128,
+    deepstack_visual_indexes=[0],
+    num_position_embeddings=256,
+)
+# norm_topk_prob: transformers always renormalises the top-k router weights of Qwen3-VL-MoE; vLLM reads the flag from
+# the config (its Qwen3-MoE layer), so it is written out explicitly. moe_intermediate_size 32: 2 * 32 != hidden 128, so
+# the packed experts' two layouts (see _save_experts_in_released_layout) have different shapes.
+TINY_MOE = dict(
+    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1, norm_topk_prob=True
+)
+
+
+def tiny_pixel_limits(family: Any) -> tuple[int, int]:
+    """Tiny (min, max) pixels for ``family``: 2 x 2 to 4 x 4 merged patches (56^2..112^2 at factor 28)."""
+    factor = family.factor
+    return (2 * factor) ** 2, (4 * factor) ** 2
+
+
+def build_tiny_processor(tokenizer: Any, family: str = "qwen2_5_vl") -> Any:
+    """The full processor (image + video processor) of ``family`` around ``tokenizer``, with tiny pixel limits."""
+    import transformers
+    from transformers import Qwen2VLImageProcessor
+
+    from postvl.families import get_family
+
+    fam = get_family(family)
+    min_pixels, max_pixels = tiny_pixel_limits(fam)
+    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    if fam.name in ("qwen3_vl", "qwen3_vl_moe"):
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+        # Qwen3-VL normalises with mean = std = 0.5 (its preprocessor_config.json).
+        norm = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+        image_processor = Qwen2VLImageProcessor(size=size, patch_size=fam.patch_size, **norm)
+        video_processor = Qwen3VLVideoProcessor(size=size, patch_size=fam.patch_size, fps=2.0, **norm)
+    else:
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+        image_processor = Qwen2VLImageProcessor(size=size)
+        video_processor = Qwen2VLVideoProcessor(size=size, fps=2.0)
+    processor_cls = getattr(transformers, fam.processor_class)
+    return processor_cls(
         image_processor=image_processor,
         video_processor=video_processor,
         tokenizer=tokenizer,
-        chat_template=chat_template(),
+        chat_template=fam.chat_template(),
     )
 
 
-def build_tiny_model(out_dir: str | Path, *, vocab: str = "small", seed: int = 0) -> Path:
-    """Save a randomly initialised tiny Qwen2.5-VL with its processor to ``out_dir`` (entirely offline).
+def build_tiny_model(out_dir: str | Path, *, vocab: str = "small", seed: int = 0, family: str = "qwen2_5_vl") -> Path:
+    """Save a randomly initialised tiny model of ``family`` with its processor to ``out_dir`` (entirely offline).
 
-    The real ``Qwen2_5_VLForConditionalGeneration`` architecture at tiny sizes; loads with
-    ``AutoModelForImageTextToText`` / ``AutoProcessor`` and is served by vLLM. Deterministic for a given seed.
+    The real ``*ForConditionalGeneration`` architecture of the family (``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``,
+    ``qwen3_vl_moe``) at tiny sizes, with the family's processor and official chat template; loads with
+    ``AutoModelForImageTextToText`` / ``AutoProcessor``. Deterministic for a given seed.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    import transformers
+    from transformers import AddedToken, GenerationConfig
 
+    from postvl.families import get_family
+
+    fam = get_family(family)
     out = Path(out_dir)
     tokenizer = build_tokenizer(vocab)
-    processor = build_tiny_processor(tokenizer)
+    if fam.name in ("qwen3_vl", "qwen3_vl_moe"):
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN3_EXTRA_TOKENS])
+    tokenizer.chat_template = fam.chat_template()
+    processor = build_tiny_processor(tokenizer, fam.name)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t, _ in QWEN_ADDED_TOKENS}
     vocab_size = QWEN_VOCAB_SIZE if vocab == "qwen" else _round_up(len(tokenizer), 64)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            TINY_TEXT,
-            vocab_size=vocab_size,
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(TINY_VISION),
+    text = dict(
+        TINY_TEXT,
+        vocab_size=vocab_size,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    if fam.name == "qwen2_vl":
+        vision = dict(TINY_VISION_QWEN2)
+    elif fam.name == "qwen2_5_vl":
+        vision = dict(TINY_VISION)
+    else:
+        vision = dict(TINY_VISION_QWEN3)
+        text["head_dim"] = 64
+        text["rope_parameters"] = dict(TINY_TEXT["rope_parameters"], mrope_interleaved=True)
+        if fam.moe:
+            text |= TINY_MOE
+    config_cls = getattr(transformers, fam.architecture.replace("ForConditionalGeneration", "Config"))
+    config = config_cls(
+        text_config=text,
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    config.architectures = [fam.architecture]
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
+    model = getattr(transformers, fam.architecture)(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
@@ -482,8 +558,30 @@ def build_tiny_model(out_dir: str | Path, *, vocab: str = "small", seed: int = 0
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    if fam.moe:
+        _save_experts_in_released_layout(out)
     processor.save_pretrained(out)
     return out
+
+
+def _save_experts_in_released_layout(folder: Path) -> None:
+    """Rewrite packed MoE experts as the released Qwen3-VL-MoE checkpoints hold them: ``[experts, in, out]``.
+
+    transformers 5 keeps them as ``[experts, out, in]`` in memory and transposes on load when the shapes differ, but
+    its save does not transpose back (the reverse op compares against the model's own shape), so a saved model has
+    the in-memory layout, which vLLM's loader (``is_fused_checkpoint_transposed``) reads wrongly
+    (https://github.com/huggingface/transformers/pull/43201, https://github.com/huggingface/transformers/pull/43227).
+    """
+    from safetensors.torch import load_file, save_file
+
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(path)
+        changed = {k: v.transpose(1, 2).contiguous() for k, v in tensors.items() if k.endswith(_PACKED_EXPERTS)}
+        if changed:
+            save_file(tensors | changed, path, metadata={"format": "pt"})
+
+
+_PACKED_EXPERTS = (".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -207,8 +207,9 @@ def _thumbnail(path: Path, size: int = 160) -> str:
 def record_html(record: dict[str, Any], media_root: Path | None) -> str:
     """A record's rendered text with trained spans highlighted, and its images."""
     from postvl.chatml.render import render_with_spans
+    from postvl.families import data_family
 
-    text, spans = render_with_spans(record["messages"])
+    text, spans = render_with_spans(record["messages"], family=data_family((record.get("meta") or {}).get("family")))
     pieces, pos = [], 0
     for start, end in spans:
         pieces.append(html.escape(text[pos:start]))

@@ -31,6 +31,23 @@ def tiny_model_qwen(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_family_model(tmp_path_factory):
+    """``tiny_family_model(family, vocab="small")``: a tiny random model of that family, built once per session."""
+    from postvl.modeling import build_tiny_model
+
+    cache: dict[tuple[str, str], str] = {}
+
+    def get(family: str, vocab: str = "small") -> str:
+        key = (family, vocab)
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(f"tiny_{family}_{vocab}")
+            cache[key] = str(build_tiny_model(folder, vocab=vocab, seed=0, family=family))
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def qwen_tokenizer():
     """The real Qwen2/2.5 tokenizer rebuilt offline, with the official chat template."""
     from postvl.modeling import build_tokenizer

@@ -29,7 +29,8 @@ def test_rows_failures_and_exit_code(tmp_path, capsys, monkeypatch):
         "crash": 'print("RESULT early 2.00 x | printed before the crash")\nraise SystemExit("peer not installed")',
         "silent": 'print("speedup: 3.0")',
         "garbled": 'print("RESULT Bad-Name 1.0 x | not snake case")',
-        "stuck": 'import subprocess, sys, time\nsubprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])\n'
+        "stuck": "import subprocess, sys, time\n"
+        'subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])\n'
         "time.sleep(120)",
         "_helper": 'raise AssertionError("private modules are not benchmarks")',
     }

@@ -18,6 +18,7 @@ from typing import Any
 
 from postvl.chatml.formats import FORMATS, dataset_info_entries, record_id, to_draft
 from postvl.chatml.validate import BuildContext, finish_record
+from postvl.families import FAMILIES, LEGACY_FAMILY, Family, get_family
 from postvl.io import InputFile, RawRow, Shard, StageWriter, iter_rows, list_inputs, shard_from_env
 from postvl.media import PixelConfig
 from postvl.records import RecordError
@@ -37,8 +38,12 @@ class BuildConfig:
         out: the stage folder to write.
         format: one of ``FORMATS``; ``auto`` detects it per row.
         media_root: folder media paths are resolved against (default: the inputs' common folder).
-        model: a model folder whose processor gives pixel limits and whose tokenizer counts ``num_tokens``.
-        min_pixels, max_pixels, fps, max_frames: override the processor's (or Qwen2.5-VL's default) limits.
+        model: a model folder whose processor gives pixel limits and whose tokenizer counts ``num_tokens``; its
+            family (``postvl.families``) decides rendering, token counts and the box convention.
+        family: the family to build for without a model (``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``,
+            ``qwen3_vl_moe``); with ``model`` it must be the model's. Neither: Qwen2.5-VL, written into every
+            record's ``meta["family"]`` and the manifest.
+        min_pixels, max_pixels, fps, max_frames: override the processor's (or the family's default) limits.
         allow_urls: keep http(s) media references instead of rejecting them.
         num_proc: worker processes for the per-record work.
         chunk_size: kept records per Parquet part.
@@ -49,6 +54,7 @@ class BuildConfig:
     format: str = "auto"
     media_root: str | None = None
     model: str | None = None
+    family: str | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
     fps: float | None = None
@@ -71,6 +77,8 @@ class BuildConfig:
             errors.append(f"media_root {self.media_root!r} is not a folder")
         if self.model is not None and not Path(self.model).is_dir():
             errors.append(f"model {self.model!r} is not a local folder (save it with save_pretrained first)")
+        if self.family is not None and self.family not in FAMILIES:
+            errors.append(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
         if errors:
             raise ValueError("postvl build: " + "; ".join(errors))
 
@@ -113,6 +121,23 @@ def default_media_root(inputs: list[InputFile]) -> Path:
     return Path(os.path.commonpath(folders))
 
 
+def resolve_family(cfg: BuildConfig, processor: Any | None = None) -> Family:
+    """The family records are built for: the model's (``--family`` must agree), else ``--family``, else Qwen2.5-VL.
+
+    Raises:
+        UnsupportedFamilyError: the model is of no supported family.
+        ValueError: ``--family`` contradicts the model.
+    """
+    if cfg.model is not None:
+        family = get_family(Path(cfg.model))
+        if processor is not None and get_family(processor).template_file != family.template_file:
+            raise ValueError(f"{cfg.model}: the processor is {type(processor).__name__}, the model {family.title}")
+        if cfg.family is not None and get_family(cfg.family) is not family:
+            raise ValueError(f"--family {cfg.family} but {cfg.model} is a {family.title} model ({family.name})")
+        return family
+    return get_family(cfg.family or LEGACY_FAMILY)
+
+
 def resolve_pixels(cfg: BuildConfig, processor: Any | None) -> PixelConfig:
     overrides = {
         "min_pixels": cfg.min_pixels,
@@ -120,9 +145,11 @@ def resolve_pixels(cfg: BuildConfig, processor: Any | None) -> PixelConfig:
         "fps": cfg.fps,
         "max_frames": cfg.max_frames,
     }
+    family = resolve_family(cfg, processor)
     if processor is not None:
-        return PixelConfig.from_processor(processor, **overrides)
-    return PixelConfig(**{k: v for k, v in overrides.items() if v is not None})
+        # A Qwen3-VL MoE folder's processor reads as dense Qwen3-VL; the model's own name is what records keep.
+        return dataclasses.replace(PixelConfig.from_processor(processor, **overrides), family=family.name)
+    return family.pixel_config(**overrides)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -154,6 +181,7 @@ class RecordBuilder:
             from postvl.chatml.render import count_tokens
 
             self._count_tokens = count_tokens
+        self.family = get_family(pixels.family or LEGACY_FAMILY)
 
     def build(self, raw: RawRow) -> Outcome:
         if raw.error:
@@ -182,10 +210,12 @@ class RecordBuilder:
             return None
         if "chosen" in record:
             return max(
-                self._count_tokens(record["prompt"] + side, image_tokens, video_tokens, self.tokenizer)
+                self._count_tokens(
+                    record["prompt"] + side, image_tokens, video_tokens, self.tokenizer, family=self.family
+                )
                 for side in (record["chosen"], record["rejected"])
             )
-        return self._count_tokens(record["messages"], image_tokens, video_tokens, self.tokenizer)
+        return self._count_tokens(record["messages"], image_tokens, video_tokens, self.tokenizer, family=self.family)
 
 
 def load_tokenizer(model: str) -> Any:

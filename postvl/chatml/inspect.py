@@ -4,7 +4,8 @@
     postvl inspect runs/chatml --id rec-17 --model runs/tiny
     postvl inspect runs/chatml --json --n 100 > audit.jsonl
 
-Each record is rendered with the official Qwen2.5-VL chat template (``postvl.chatml.render``). Trained spans (every
+Each record is rendered with the official chat template of the family it was built for (``meta["family"]``,
+``postvl.chatml.render``). Trained spans (every
 assistant turn's content and its ``<|im_end|>``) are shown in colour in a terminal and between ``[[`` and ``]]``
 otherwise. With a tokenizer (``--model``, else the model recorded in ``DIR/manifest.json``) the spans are the
 characters of the tokens that carry labels, exactly what SFT trains; without one they are computed on characters.
@@ -34,6 +35,7 @@ from postvl.chatml.render import (
     render,
     trained_token_spans,
 )
+from postvl.families import data_family
 
 logger = logging.getLogger(__name__)
 
@@ -151,14 +153,15 @@ def load_tokenizer(model: str) -> Any:
 def audit_record(record: dict[str, Any], tokenizer: Any = None, *, train_turn_newline: bool = False) -> dict[str, Any]:
     """Rendered text, trained spans and token count of one record (the ``--json`` object)."""
     messages = record["messages"]
+    family = data_family((record.get("meta") or {}).get("family"))
     n_images, n_videos = count_media(messages)
     if tokenizer is not None:
-        trained = trained_token_spans(messages, tokenizer, train_turn_newline=train_turn_newline)
+        trained = trained_token_spans(messages, tokenizer, family=family, train_turn_newline=train_turn_newline)
         text, spans = trained.text, trained.spans
         n_text_tokens, trained_tokens = trained.num_text_tokens, trained.num_trained_tokens
     else:
-        text = render(messages)
-        spans = assistant_label_spans(messages, train_turn_newline=train_turn_newline)
+        text = render(messages, family=family)
+        spans = assistant_label_spans(messages, family=family, train_turn_newline=train_turn_newline)
         n_text_tokens = trained_tokens = None
     num_tokens, source = record.get("num_tokens"), "record"
     if num_tokens is None:
@@ -244,6 +247,7 @@ class Summary:
         self.images: Counter[int] = Counter()
         self.videos: Counter[int] = Counter()
         self._pending: list[list[dict[str, Any]]] = []
+        self._pending_family: str | None = None
 
     def add(self, record: dict[str, Any]) -> None:
         n_images, n_videos = count_media(record["messages"])
@@ -253,6 +257,10 @@ class Summary:
         if record.get("num_tokens") is not None:
             self.lengths.append(int(record["num_tokens"]))
         elif self.tokenizer is not None:
+            family = data_family((record.get("meta") or {}).get("family")).name
+            if family != self._pending_family:
+                self._flush()
+                self._pending_family = family
             self._pending.append(record["messages"])
             if len(self._pending) >= self.batch_size:
                 self._flush()
@@ -261,8 +269,13 @@ class Summary:
         if not self._pending:
             return
         media = [count_media(messages) for messages in self._pending]
+        # one token per placeholder: the unexpanded text (None = one pad, for every family's videos)
         self.lengths += count_tokens_batch(
-            self._pending, [[1] * i for i, _ in media], [[1] * v for _, v in media], self.tokenizer
+            self._pending,
+            [[1] * i for i, _ in media],
+            [[None] * v for _, v in media],
+            self.tokenizer,
+            family=self._pending_family,
         )
         self.text_only += len(self._pending)
         self._pending = []

@@ -1,8 +1,9 @@
 """``postvl build``: raw multimodal data in any supported format -> one ChatML stage folder.
 
     postvl build data/mllm_demo.json data/train.jsonl --out runs/chatml \\
-        [--format auto|trl|sharegpt|llamafactory|qwen|swift|openai] [--media-root data] [--model runs/tiny] \\
-        [--min-pixels 3136] [--max-pixels 1003520] [--fps 2] [--max-frames 768] [--allow-urls] [--num-proc 4]
+        [--format auto|trl|sharegpt|llamafactory|qwen|swift|openai] [--media-root data] \\
+        [--model runs/tiny | --family qwen3_vl] [--min-pixels 3136] [--max-pixels 1003520] [--fps 2] \\
+        [--max-frames 768] [--allow-urls] [--num-proc 4]
 
     accelerate launch --num_processes 4 -m postvl.chatml.main data/ --out runs/chatml   # one shard per rank
 
@@ -18,6 +19,7 @@ import logging
 import sys
 
 from postvl.chatml.formats import FORMATS
+from postvl.families import FAMILY_NAMES
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -36,9 +38,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="stage folder to write")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: detect per row)")
     parser.add_argument("--media-root", help="folder media paths are resolved in (default: the inputs' folder)")
-    parser.add_argument("--model", help="local model folder: its processor's pixel limits and tokenizer (num_tokens)")
-    parser.add_argument("--min-pixels", type=int, help="image min pixels (default: the processor's, or 3136)")
-    parser.add_argument("--max-pixels", type=int, help="image max pixels (default: the processor's, or 1003520)")
+    parser.add_argument(
+        "--model", help="local model folder: its family, processor's pixel limits and tokenizer (num_tokens)"
+    )
+    parser.add_argument(
+        "--family",
+        choices=FAMILY_NAMES,
+        help="model family to build for without --model (default: the model's, else qwen2_5_vl)",
+    )
+    parser.add_argument("--min-pixels", type=int, help="image min pixels (default: the processor's or family's)")
+    parser.add_argument("--max-pixels", type=int, help="image max pixels (default: the processor's or family's)")
     parser.add_argument("--fps", type=float, help="video frames sampled per second (default: 2)")
     parser.add_argument("--max-frames", type=int, help="most video frames sampled (default: 768)")
     parser.add_argument("--allow-urls", action="store_true", help="keep http(s) media instead of rejecting them")
@@ -58,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         format=args.format,
         media_root=args.media_root,
         model=args.model,
+        family=args.family,
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
         fps=args.fps,
@@ -70,18 +80,33 @@ def main(argv: list[str] | None = None) -> int:
     if result.skipped:
         logging.getLogger(__name__).info("%s was already built with this config and these inputs", result.out)
     if "timings" in result.stats:  # rank 0 holds the merged stats
-        print_summary(result.stats, str(result.out))
+        print_summary(result.stats, str(result.out), family=_built_family(result.out))
     return 0
 
 
-def print_summary(stats: dict, out: str) -> None:
+def _built_family(out) -> str | None:
+    import json
+    from pathlib import Path
+
+    manifest = Path(out) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    return (json.loads(manifest.read_text()).get("config", {}).get("pixels") or {}).get("family")
+
+
+def print_summary(stats: dict, out: str, *, family: str | None = None) -> None:
     """A rich table: totals, then one row per rejection reason and per domain."""
     from rich.console import Console
     from rich.table import Table
 
     from postvl.chatml.validate import REASONS
 
-    table = Table(title=f"postvl build -> {out}", show_lines=False)
+    title = f"postvl build -> {out}"
+    if family:
+        from postvl.families import get_family
+
+        title += f" (for {get_family(family).title})"
+    table = Table(title=title, show_lines=False)
     table.add_column("", style="bold")
     table.add_column("records", justify="right")
     table.add_column("meaning")

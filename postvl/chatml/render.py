@@ -1,7 +1,8 @@
-"""Exact Qwen2.5-VL ChatML rendering, token counts and assistant-only label spans, in plain Python.
+"""Exact ChatML rendering of each model family, token counts and assistant-only label spans, in plain Python.
 
-``render`` produces byte for byte what the official Qwen2.5-VL chat template (``postvl.modeling.chat_template()``)
-renders through ``tokenizer.apply_chat_template(messages, tokenize=False)``, without running jinja per record:
+``render`` produces byte for byte what the family's official chat template (``Family.chat_template()``: Qwen2-VL,
+Qwen2.5-VL, Qwen3-VL) renders through ``tokenizer.apply_chat_template(messages, tokenize=False)``, without running
+jinja per record. Qwen2-VL and Qwen2.5-VL add a default system turn when the conversation has none:
 
     <|im_start|>system
     You are a helpful assistant.<|im_end|>
@@ -9,6 +10,12 @@ renders through ``tokenizer.apply_chat_template(messages, tokenize=False)``, wit
     <|vision_start|><|image_pad|><|vision_end|>What is this?<|im_end|>
     <|im_start|>assistant
     A cat.<|im_end|>
+
+Qwen3-VL adds no system turn, renders only the text of system and assistant turns, and the processor writes a video
+as ``<t seconds><|vision_start|>pads<|vision_end|>`` per temporal patch inside the template's vision block (see
+``postvl.media.VideoTokens``). Every function takes ``family=`` (a ``Family`` or its name); those given a tokenizer
+or processor find it there when it is omitted (a processor's class, or a tokenizer's chat template, which must be one
+of the official ones).
 
 Trained spans (``render_with_spans``, ``tokenize_with_labels``) are each assistant turn's content plus its
 ``<|im_end|>``: never the ``<|im_start|>assistant\\n`` header, nothing of system or user turns, and no vision block
@@ -28,7 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from postvl.modeling import DEFAULT_SYSTEM_PROMPT
+from postvl.families import FAMILIES, Family, UnsupportedFamilyError, get_family
+from postvl.media import VideoTokens
 
 logger = logging.getLogger(__name__)
 
@@ -40,48 +48,88 @@ IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 IGNORE_INDEX = -100
 
-_DEFAULT_SYSTEM_TURN = f"{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}\n"
 _IMAGE, _VIDEO, _TEXT = "image", "video", "text"
 
 Span = tuple[int, int]
+# A video's token count: an int (pads; Qwen2-VL / Qwen2.5-VL) or its layout with timestamps (needed by Qwen3-VL).
+VideoCount = int | VideoTokens
+
+
+def resolve_family(family: Family | str | None, tokenizer: Any = None) -> Family:
+    """``family`` when given; else the family of ``tokenizer`` (a processor's class, or a tokenizer whose chat template
+    is a family's official one; Qwen2-VL and Qwen2.5-VL share theirs and render alike).
+
+    Raises:
+        ValueError: neither is given.
+        UnsupportedFamilyError: the tokenizer's template is none of the supported families'.
+    """
+    if family is not None:
+        return get_family(family)
+    if tokenizer is None:
+        raise ValueError(f"pass family= (one of {', '.join(FAMILIES)}): rendering differs between model families")
+    if getattr(tokenizer, "image_processor", None) is not None:
+        return get_family(tokenizer)
+    template = getattr(_as_tokenizer(tokenizer), "chat_template", None)
+    found = _TEMPLATE_FAMILIES.get(template) if isinstance(template, str) else None
+    if found is None:
+        for fam in FAMILIES.values():
+            if template == fam.chat_template():
+                found = _TEMPLATE_FAMILIES.setdefault(template, fam)
+                break
+    if found is None:
+        raise UnsupportedFamilyError(
+            f"{type(tokenizer).__name__}'s chat template is not the official template of any supported family "
+            f"({', '.join(FAMILIES)}): pass family= explicitly"
+        )
+    return found
+
+
+_TEMPLATE_FAMILIES: dict[str, Family] = {}
 
 
 def render(
     messages: Sequence[dict[str, Any]],
     *,
+    family: Family | str | None = None,
     add_generation_prompt: bool = False,
     add_vision_id: bool = False,
     image_pad_counts: Sequence[int] | None = None,
-    video_pad_counts: Sequence[int] | None = None,
+    video_pad_counts: Sequence[VideoCount] | None = None,
 ) -> str:
-    """Render a conversation exactly as the official Qwen2.5-VL chat template does.
+    """Render a conversation exactly as the family's official chat template does.
 
     Args:
         messages: a record's ``messages`` (``postvl.records``); a turn's ``content`` may also be a plain string.
+        family: the model family (required).
         add_generation_prompt: end with ``<|im_start|>assistant\\n``.
         add_vision_id: prefix each image / video with ``Picture N: `` / ``Video N: `` (the template's option).
         image_pad_counts: when given, the i-th ``<|image_pad|>`` becomes ``image_pad_counts[i]`` pads, which is the
             text the processor feeds the model; one count per image part, in order.
-        video_pad_counts: the same for ``<|video_pad|>``.
+        video_pad_counts: the same for ``<|video_pad|>``; a ``VideoTokens`` entry is written as the processor writes
+            it (Qwen3-VL timestamps and per-patch vision blocks).
 
     Returns:
         The rendered text.
     """
-    return _render(messages, add_generation_prompt, add_vision_id, image_pad_counts, video_pad_counts, None, False)
+    fam = resolve_family(family)
+    return _render(
+        messages, fam, add_generation_prompt, add_vision_id, image_pad_counts, video_pad_counts, None, False
+    )
 
 
 def render_with_spans(
     messages: Sequence[dict[str, Any]],
     *,
+    family: Family | str | None = None,
     add_vision_id: bool = False,
     image_pad_counts: Sequence[int] | None = None,
-    video_pad_counts: Sequence[int] | None = None,
+    video_pad_counts: Sequence[VideoCount] | None = None,
     train_turn_newline: bool = False,
 ) -> tuple[str, list[Span]]:
     """Render a conversation and return the character spans a model is trained on.
 
     Args:
-        messages, add_vision_id, image_pad_counts, video_pad_counts: as for ``render``.
+        messages, family, add_vision_id, image_pad_counts, video_pad_counts: as for ``render``.
         train_turn_newline: also train the ``"\\n"`` after each assistant ``<|im_end|>`` (TRL's training template).
 
     Returns:
@@ -89,15 +137,22 @@ def render_with_spans(
         assistant turn's content and its ``<|im_end|>``, with vision blocks cut out.
     """
     spans: list[Span] = []
-    text = _render(messages, False, add_vision_id, image_pad_counts, video_pad_counts, spans, train_turn_newline)
+    fam = resolve_family(family)
+    text = _render(messages, fam, False, add_vision_id, image_pad_counts, video_pad_counts, spans, train_turn_newline)
     return text, spans
 
 
 def assistant_label_spans(
-    messages: Sequence[dict[str, Any]], *, add_vision_id: bool = False, train_turn_newline: bool = False
+    messages: Sequence[dict[str, Any]],
+    *,
+    family: Family | str | None = None,
+    add_vision_id: bool = False,
+    train_turn_newline: bool = False,
 ) -> list[Span]:
-    """Character spans of ``render(messages)`` that carry labels (see ``render_with_spans``)."""
-    return render_with_spans(messages, add_vision_id=add_vision_id, train_turn_newline=train_turn_newline)[1]
+    """Character spans of ``render(messages, family=family)`` that carry labels (see ``render_with_spans``)."""
+    return render_with_spans(
+        messages, family=family, add_vision_id=add_vision_id, train_turn_newline=train_turn_newline
+    )[1]
 
 
 def count_media(messages: Sequence[dict[str, Any]]) -> tuple[int, int]:
@@ -117,9 +172,10 @@ def count_media(messages: Sequence[dict[str, Any]]) -> tuple[int, int]:
 def count_tokens(
     messages: Sequence[dict[str, Any]],
     image_tokens: Sequence[int],
-    video_tokens: Sequence[int],
+    video_tokens: Sequence[VideoCount],
     tokenizer: Any,
     *,
+    family: Family | str | None = None,
     add_vision_id: bool = False,
 ) -> int:
     """Number of tokens the model sees for a record: text tokens plus each image's and video's vision tokens.
@@ -129,34 +185,42 @@ def count_tokens(
     Args:
         messages: a record's ``messages``.
         image_tokens: vision-token count of each image, in placeholder order (``grid_t * grid_h * grid_w // 4``).
-        video_tokens: the same for each video.
+        video_tokens: the same for each video: pads (an int), or a ``VideoTokens`` (required by Qwen3-VL, whose
+            timestamps and per-patch vision blocks are tokens too).
         tokenizer: a Hugging Face tokenizer, or a processor holding one.
+        family: the model family (default: found from ``tokenizer``, see ``resolve_family``).
         add_vision_id: render with ``Picture N: `` / ``Video N: `` prefixes.
     """
-    return count_tokens_batch([messages], [image_tokens], [video_tokens], tokenizer, add_vision_id=add_vision_id)[0]
+    return count_tokens_batch(
+        [messages], [image_tokens], [video_tokens], tokenizer, family=family, add_vision_id=add_vision_id
+    )[0]
 
 
 def count_tokens_batch(
     messages_batch: Sequence[Sequence[dict[str, Any]]],
     image_tokens_batch: Sequence[Sequence[int]],
-    video_tokens_batch: Sequence[Sequence[int]],
+    video_tokens_batch: Sequence[Sequence[VideoCount | None]],
     tokenizer: Any,
     *,
+    family: Family | str | None = None,
     add_vision_id: bool = False,
 ) -> list[int]:
-    """``count_tokens`` for many records with one batched call into the fast tokenizer."""
+    """``count_tokens`` for many records with one batched call into the fast tokenizer (a ``None`` video count
+    counts the video as its single unexpanded pad)."""
     if not len(messages_batch) == len(image_tokens_batch) == len(video_tokens_batch):
         raise ValueError(
             f"count_tokens_batch got {len(messages_batch)} conversations, {len(image_tokens_batch)} image-token "
             f"lists and {len(video_tokens_batch)} video-token lists: pass one list (maybe empty) per conversation"
         )
+    fam = resolve_family(family, tokenizer)
+    tok = _as_tokenizer(tokenizer)
     texts = []
     vision = []
     for messages, image_tokens, video_tokens in zip(
         messages_batch, image_tokens_batch, video_tokens_batch, strict=True
     ):
         _check_counts(messages, image_tokens, video_tokens)
-        text = render(messages, add_vision_id=add_vision_id)
+        text = _render(messages, fam, False, add_vision_id, None, None, None, False)
         if text.count(IMAGE_PAD) != len(image_tokens) or text.count(VIDEO_PAD) != len(video_tokens):
             raise ValueError(
                 f"a text part contains a literal {IMAGE_PAD} or {VIDEO_PAD}, which the processor would take for a "
@@ -164,8 +228,10 @@ def count_tokens_batch(
             )
         texts.append(text)
         # each placeholder is one pad token in the unexpanded text and image_tokens[i] pads in the model input
-        vision.append(sum(image_tokens) - len(image_tokens) + sum(video_tokens) - len(video_tokens))
-    lengths = _text_lengths(texts, _as_tokenizer(tokenizer))
+        extra = sum(image_tokens) - len(image_tokens)
+        extra += sum(len(_video_expansion(v, fam, tok)) - 1 for v in video_tokens)
+        vision.append(extra)
+    lengths = _text_lengths(texts, tok)
     return [n + extra for n, extra in zip(lengths, vision, strict=True)]
 
 
@@ -173,8 +239,9 @@ def tokenize_with_labels(
     messages: Sequence[dict[str, Any]],
     tokenizer: Any,
     image_tokens: Sequence[int] | None = None,
-    video_tokens: Sequence[int] | None = None,
+    video_tokens: Sequence[VideoCount] | None = None,
     *,
+    family: Family | str | None = None,
     add_vision_id: bool = False,
     train_turn_newline: bool = False,
 ) -> tuple[list[int], list[int]]:
@@ -187,10 +254,12 @@ def tokenize_with_labels(
 
     Args:
         messages: a record's ``messages``.
-        tokenizer: a fast Hugging Face tokenizer with the Qwen2.5-VL special tokens, or a processor holding one.
+        tokenizer: a fast Hugging Face tokenizer with the Qwen special tokens, or a processor holding one.
         image_tokens: vision-token count of each image in placeholder order; ``None`` keeps one pad per image (the
             text before the processor expands it).
-        video_tokens: the same for videos.
+        video_tokens: the same for videos (an int, or a ``VideoTokens``, which Qwen3-VL requires); every token of a
+            video's expansion (timestamps included) gets label ``-100``.
+        family: the model family (default: found from ``tokenizer``).
         add_vision_id: render with ``Picture N: `` / ``Video N: `` prefixes.
         train_turn_newline: also train the ``"\\n"`` after each assistant ``<|im_end|>``, as TRL's
             ``assistant_only_loss=True`` does.
@@ -198,17 +267,22 @@ def tokenize_with_labels(
     Returns:
         ``(input_ids, labels)`` of equal length; labels are the ids on trained tokens and ``-100`` elsewhere.
     """
+    fam = resolve_family(family, tokenizer)
     tok = _as_tokenizer(tokenizer)
-    text, spans = render_with_spans(messages, add_vision_id=add_vision_id, train_turn_newline=train_turn_newline)
+    text, spans = render_with_spans(
+        messages, family=fam, add_vision_id=add_vision_id, train_turn_newline=train_turn_newline
+    )
     ids, offsets = _encode_with_offsets(text, tok)
     labels = _labels_from_spans(ids, offsets, spans)
     if image_tokens is None and video_tokens is None:
         return ids, labels
     n_images, n_videos = count_media(messages)
     image_tokens = [1] * n_images if image_tokens is None else image_tokens
-    video_tokens = [1] * n_videos if video_tokens is None else video_tokens
+    if video_tokens is None:
+        # one pad per video: the unexpanded text, whatever the family
+        return _expand_pads(ids, labels, tok, image_tokens, [None] * n_videos, fam)
     _check_counts(messages, image_tokens, video_tokens)
-    return _expand_pads(ids, labels, tok, image_tokens, video_tokens)
+    return _expand_pads(ids, labels, tok, image_tokens, video_tokens, fam)
 
 
 @dataclass(frozen=True)
@@ -225,12 +299,16 @@ def trained_token_spans(
     messages: Sequence[dict[str, Any]],
     tokenizer: Any,
     *,
+    family: Family | str | None = None,
     add_vision_id: bool = False,
     train_turn_newline: bool = False,
 ) -> TrainedText:
     """What ``tokenize_with_labels`` trains, mapped back onto the rendered text."""
+    fam = resolve_family(family, tokenizer)
     tok = _as_tokenizer(tokenizer)
-    text, spans = render_with_spans(messages, add_vision_id=add_vision_id, train_turn_newline=train_turn_newline)
+    text, spans = render_with_spans(
+        messages, family=fam, add_vision_id=add_vision_id, train_turn_newline=train_turn_newline
+    )
     ids, offsets = _encode_with_offsets(text, tok)
     labels = _labels_from_spans(ids, offsets, spans)
     covered: list[Span] = []
@@ -266,21 +344,25 @@ def _part_kind(part: Any) -> str | None:
 
 def _render(
     messages: Sequence[dict[str, Any]],
+    family: Family,
     add_generation_prompt: bool,
     add_vision_id: bool,
     image_pad_counts: Sequence[int] | None,
-    video_pad_counts: Sequence[int] | None,
+    video_pad_counts: Sequence[VideoCount] | None,
     spans: list[Span] | None,
     train_turn_newline: bool,
 ) -> str:
     out: list[str] = []
     pos = 0  # length of "".join(out), tracked only when spans are wanted
     n_images = n_videos = 0
+    # Qwen3-VL's template prints only the text of system and assistant turns (their images and videos vanish).
+    text_only_roles = () if family.default_system is not None else ("system", "assistant")
     for i, msg in enumerate(messages):
         role = msg["role"]
-        if i == 0 and role != "system":
-            out.append(_DEFAULT_SYSTEM_TURN)
-            pos += len(_DEFAULT_SYSTEM_TURN)
+        if i == 0 and role != "system" and family.default_system is not None:
+            turn = f"{IM_START}system\n{family.default_system}{IM_END}\n"
+            out.append(turn)
+            pos += len(turn)
         header = f"{IM_START}{role}\n"
         out.append(header)
         pos += len(header)
@@ -293,6 +375,13 @@ def _render(
         else:
             for part in content:
                 kind = _part_kind(part)
+                if kind != _TEXT and role in text_only_roles:
+                    if kind is not None:
+                        raise ValueError(
+                            f"{family.title}'s chat template drops images and videos in {role} turns, so the model "
+                            f"would never see this {kind}: move it into a user turn"
+                        )
+                    continue
                 if kind == _TEXT:
                     piece = str(part["text"])  # jinja prints None as "None"; so do we
                 elif kind == _IMAGE or kind == _VIDEO:
@@ -303,7 +392,7 @@ def _render(
                     else:
                         n_videos += 1
                         prefix = f"Video {n_videos}: " if add_vision_id else ""
-                        pads = VIDEO_PAD * _pad_count(video_pad_counts, n_videos, "video")
+                        pads = _video_text(video_pad_counts, n_videos, family)
                     out.append(prefix)
                     pos += len(prefix)
                     piece = f"{VISION_START}{pads}{VISION_END}"
@@ -323,6 +412,28 @@ def _render(
     _check_pad_counts(image_pad_counts, n_images, "image")
     _check_pad_counts(video_pad_counts, n_videos, "video")
     return "".join(out)
+
+
+def _video_text(counts: Sequence[VideoCount] | None, index: int, family: Family) -> str:
+    if counts is None:
+        return VIDEO_PAD
+    if index > len(counts):
+        _pad_count(counts, index, "video")  # raises the usual message
+    value = counts[index - 1]
+    if isinstance(value, VideoTokens):
+        if family.video_timestamps and value.timestamps is None:
+            raise ValueError(f"{family.title} videos need timestamps: count them with postvl.media.video_tokens")
+        return (
+            value.placeholder(VIDEO_PAD, VISION_START, VISION_END)
+            if family.video_timestamps
+            else VIDEO_PAD * value.pads
+        )
+    if family.video_timestamps:
+        raise ValueError(
+            f"{family.title} writes a timestamp per temporal patch of a video: pass a postvl.media.VideoTokens "
+            "(from the video's fps and frame indices), not a pad count"
+        )
+    return VIDEO_PAD * int(value)
 
 
 def _close_span(spans: list[Span], start: int, end: int) -> None:
@@ -405,12 +516,41 @@ def _labels_from_spans(ids: list[int], offsets: list[tuple[int, int]], spans: li
     return labels
 
 
+def _video_expansion(value: VideoCount | None, family: Family, tokenizer: Any) -> list[int]:
+    """Token ids one ``<|video_pad|>`` becomes in the model input (``None``: itself)."""
+    if value is not None and family.video_timestamps:
+        _video_text([value], 1, family)  # raises when the layout lacks timestamps
+    video_pad = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+    if value is None:
+        return [video_pad]
+    if not family.video_timestamps:
+        return [video_pad] * (value.pads if isinstance(value, VideoTokens) else int(value))
+    start = tokenizer.convert_tokens_to_ids(VISION_START)
+    end = tokenizer.convert_tokens_to_ids(VISION_END)
+    ids: list[int] = []
+    block = [video_pad] * value.tokens_per_patch
+    for stamp in value.timestamps:
+        # The stamp sits between special tokens, so it is tokenized on its own (added tokens split the text).
+        ids += _encode_plain(f"<{stamp:.1f} seconds>", tokenizer) + [start] + block + [end]
+    return ids
+
+
+def _encode_plain(text: str, tokenizer: Any) -> list[int]:
+    # Cached on the tokenizer itself, so that a cache never outlives (or is shared across) tokenizers.
+    cache = tokenizer.__dict__.setdefault("_postvl_plain_ids", {})
+    ids = cache.get(text)
+    if ids is None:
+        ids = cache[text] = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids
+
+
 def _expand_pads(
     ids: list[int],
     labels: list[int],
     tokenizer: Any,
     image_tokens: Sequence[int],
-    video_tokens: Sequence[int],
+    video_tokens: Sequence[VideoCount | None],
+    family: Family,
 ) -> tuple[list[int], list[int]]:
     image_pad = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
     video_pad = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
@@ -427,15 +567,15 @@ def _expand_pads(
     i_image = i_video = 0
     for token, label in zip(ids, labels, strict=True):
         if token == image_pad:
-            n = image_tokens[i_image]
+            expansion = [token] * image_tokens[i_image]
             i_image += 1
         elif token == video_pad:
-            n = video_tokens[i_video]
+            expansion = _video_expansion(video_tokens[i_video], family, tokenizer)
             i_video += 1
         else:
             out_ids.append(token)
             out_labels.append(label)
             continue
-        out_ids.extend([token] * n)
-        out_labels.extend([IGNORE_INDEX] * n)
+        out_ids.extend(expansion)
+        out_labels.extend([IGNORE_INDEX] * len(expansion))
     return out_ids, out_labels

@@ -2,17 +2,20 @@
 
 ``finish_record(draft, ctx)`` turns a draft from ``postvl.chatml.formats`` into a contract record or raises
 ``RecordError``. It checks the conversation, matches media parts with media files, resolves every file safely under
-the media root, probes its size (no pixel decode), counts its vision tokens under the pixel limits, and rescales
-grounding coordinates into the resized image's pixel space, the space Qwen2.5-VL reads and writes absolute
-coordinates in:
+the media root, probes its size (no pixel decode), counts its vision tokens under the pixel limits, and rewrites
+grounding coordinates (given in pixels of the source image) into the family's convention
+(``postvl.families.Family.grounding``): the resized image's pixel space for Qwen2.5-VL, integers 0..1000 relative
+to the image for Qwen2-VL and Qwen3-VL:
 
 - Qwen2.5-VL JSON (``"bbox_2d": [x1, y1, x2, y2]``, ``"point_2d": [x, y]``, fenced in ```` ```json ```` or not) in
   any text part: checked against the original image, rewritten in place, the rest of the text untouched;
 - ms-swift ``objects``: ``<ref-object>`` becomes ``<|object_ref_start|>ref<|object_ref_end|>`` and ``<bbox>``
   becomes ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` as ms-swift's Qwen2.5-VL template writes them.
 
-Rescaling is ms-swift's rule, ``int(round(x / width * resized_width))``. Original and resized sizes go into
-``meta["media"]``.
+Rescaling is ms-swift's rule, ``int(round(x / width * resized_width))`` (``* 1000`` for relative boxes). Original and
+resized sizes go into ``meta["media"]``; the family into ``meta["family"]``; the text parts as they were before the
+rewrite (and ms-swift ``objects``) into ``meta["grounding"]["source"]``, so that the boxes can be rewritten for
+another family (``reground``).
 """
 
 from __future__ import annotations
@@ -23,17 +26,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from postvl.families import Family, data_family
 from postvl.media import (
     MediaProber,
     PixelConfig,
+    VideoTokens,
     image_token_count,
     is_url,
     relative_to_root,
     resized_image_size,
     resolve_media_path,
-    video_token_count,
+    video_tokens,
 )
 from postvl.records import ANSWER_TYPES, RecordError, check_conversation
+
+VideoCount = int | VideoTokens
 
 # Every code a build can report, with what it means (the summary table and the docs use it).
 REASONS: dict[str, str] = {
@@ -56,6 +63,8 @@ REASONS: dict[str, str] = {
     "corrupt_media": "a media file cannot be read (bad header, truncated)",
     "extreme_aspect_ratio": "an image with aspect ratio over 200, which the processor refuses",
     "video_too_short": "a video too short to give one temporal patch",
+    "video_without_fps": "a video whose container names no frame rate, for a family that writes timestamps",
+    "media_in_text_only_turn": "an image or video in a turn the family's template renders as text only",
     "media_outside_root": "a media path that escapes the media root",
     "url_not_allowed": "a media URL without --allow-urls",
     "unsupported_media": "audio, or media embedded as bytes",
@@ -97,15 +106,20 @@ class BuildContext:
     pixels: PixelConfig = field(default_factory=PixelConfig)
     prober: MediaProber = field(default_factory=MediaProber)
 
+    @property
+    def family(self) -> Family:
+        return data_family(self.pixels.family)
+
 
 @dataclass
 class MediaSizes:
     """Per-record media facts found while validating: token counts and sizes in placeholder order."""
 
     image_tokens: list[int] = field(default_factory=list)
-    video_tokens: list[int] = field(default_factory=list)
+    video_tokens: list[VideoCount] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
     videos: list[dict[str, Any]] = field(default_factory=list)
+    grounding: str = "absolute"  # the family's box convention (postvl.families.Grounding)
 
 
 def finish_record(
@@ -132,6 +146,7 @@ def finish_record(
         raise RecordError("invalid_answer_type", f"{draft['answer_type']!r} is not one of {', '.join(ANSWER_TYPES)}")
     all_messages = _all_messages(draft)
     check_media_counts(all_messages, draft.get("images") or [], draft.get("videos") or [])
+    check_media_turns(all_messages, ctx.family)
     sizes = probe_media(draft, ctx, base=base)
     grounding = rescale_grounding(draft, sizes)
     answer_box = rescale_answer_box(draft, sizes)
@@ -141,9 +156,10 @@ def finish_record(
     record["images"] = [m["path"] for m in sizes.images]
     record["videos"] = [m["path"] for m in sizes.videos]
     meta = dict(record["meta"])
+    meta["family"] = ctx.family.name
     if sizes.images or sizes.videos:
         meta["media"] = {"images": sizes.images, "videos": sizes.videos}
-        meta["vision_tokens"] = sum(sizes.image_tokens) + sum(sizes.video_tokens)
+        meta["vision_tokens"] = sum(sizes.image_tokens) + sum(_pads(v) for v in sizes.video_tokens)
     if grounding:
         meta["grounding"] = grounding
     record["meta"] = meta
@@ -196,6 +212,24 @@ def check_special_tokens(messages: list[dict[str, Any]]) -> None:
                     raise RecordError("special_token_in_text", f"{hit} in a {msg['role']} turn")
 
 
+def check_media_turns(messages: list[dict[str, Any]], family: Family) -> None:
+    """``media_in_text_only_turn`` when the family's template would drop a media part (Qwen3-VL renders only the
+    text of system and assistant turns)."""
+    if family.default_system is not None:  # Qwen2-VL / Qwen2.5-VL render media in every turn
+        return
+    for msg in messages:
+        if msg["role"] in ("system", "assistant") and any(p["type"] != "text" for p in msg["content"]):
+            raise RecordError(
+                "media_in_text_only_turn",
+                f"{family.title}'s chat template drops images and videos in {msg['role']} turns: move them to a "
+                "user turn",
+            )
+
+
+def _pads(value: VideoCount) -> int:
+    return value.pads if isinstance(value, VideoTokens) else int(value)
+
+
 def check_media_counts(messages: list[dict[str, Any]], images: list[Any], videos: list[Any]) -> None:
     n_images = sum(p["type"] == "image" for m in messages for p in m["content"])
     n_videos = sum(p["type"] == "video" for m in messages for p in m["content"])
@@ -208,7 +242,8 @@ def check_media_counts(messages: list[dict[str, Any]], images: list[Any], videos
 
 def probe_media(draft: Mapping[str, Any], ctx: BuildContext, *, base: str | None = None) -> MediaSizes:
     """Resolve, probe and count every image and video of a draft."""
-    sizes = MediaSizes()
+    sizes = MediaSizes(grounding=ctx.family.grounding)
+    timestamps = ctx.family.video_timestamps
     for ref in draft.get("images") or []:
         path = _resolve(ref, ctx, base)
         if is_url(path):
@@ -236,18 +271,19 @@ def probe_media(draft: Mapping[str, Any], ctx: BuildContext, *, base: str | None
             sizes.video_tokens.append(-1)
             continue
         info = ctx.prober.video(path)
-        tokens = video_token_count(info, ctx.pixels)
-        sizes.video_tokens.append(tokens)
-        sizes.videos.append(
-            {
-                "path": relative_to_root(path, ctx.media_root),
-                "frames": info.num_frames,
-                "fps": info.fps,
-                "width": info.width,
-                "height": info.height,
-                "tokens": tokens,
-            }
-        )
+        layout = video_tokens(info, ctx.pixels)
+        sizes.video_tokens.append(layout if timestamps else layout.pads)
+        entry = {
+            "path": relative_to_root(path, ctx.media_root),
+            "frames": info.num_frames,
+            "fps": info.fps,
+            "width": info.width,
+            "height": info.height,
+            "tokens": layout.pads,
+        }
+        if timestamps:
+            entry["layout"] = layout.to_json()
+        sizes.videos.append(entry)
     return sizes
 
 
@@ -280,7 +316,16 @@ def rescale_grounding(draft: dict[str, Any], sizes: MediaSizes) -> dict[str, Any
     if not has_json and not (objects and (objects["ref"] or objects["bbox"])):
         _check_no_swift_tags(messages)
         return None
-    summary: dict[str, Any] = {"boxes": 0, "points": 0}
+    summary: dict[str, Any] = {"boxes": 0, "points": 0, "convention": sizes.grounding}
+    # The texts as given (source-image pixels), so that the coordinates can be rewritten for another family.
+    source = {
+        f"{i}.{j}": p["text"]
+        for i, m in enumerate(messages)
+        for j, p in enumerate(m["content"])
+        if p["type"] == "text"
+        and (_BBOX_2D.search(p["text"]) or _POINT_2D.search(p["text"]) or _SWIFT_TAGS.search(p["text"]))
+    }
+    summary["source"] = {"texts": source} | ({"objects": dict(objects)} if objects else {})
     if has_json:
         image = _grounding_image(sizes, None)
         for msg in messages:
@@ -308,7 +353,7 @@ def rescale_answer_box(draft: dict[str, Any], sizes: MediaSizes) -> Any:
     if not all(isinstance(b, list) and len(b) == 4 and all(isinstance(v, int | float) for v in b) for b in boxes):
         return None
     image = _grounding_image(sizes, None)
-    w, h, rw, rh = image["width"], image["height"], image["resized_width"], image["resized_height"]
+    w, h, rw, rh = image["width"], image["height"], image["target_width"], image["target_height"]
     scaled = []
     for box in boxes:
         _check_box([float(v) for v in box], image)
@@ -331,7 +376,12 @@ def _grounding_image(sizes: MediaSizes, image_id: int | None) -> dict[str, Any]:
     shapes = {(m["width"], m["height"], m["resized_width"], m["resized_height"]) for m in chosen}
     if len(shapes) > 1:
         raise RecordError("ambiguous_grounding", f"coordinates with {len(chosen)} images of different sizes")
-    return chosen[0]
+    image = dict(chosen[0])
+    # Where coordinates land: the resized image's pixels (absolute) or 0..1000 of the image (relative_1000).
+    relative = sizes.grounding == "relative_1000"
+    image["target_width"] = 1000 if relative else image["resized_width"]
+    image["target_height"] = 1000 if relative else image["resized_height"]
+    return image
 
 
 def _scale(value: float, size: int, resized: int) -> int:
@@ -348,7 +398,7 @@ def _check_box(box: list[float], image: Mapping[str, Any]) -> None:
 
 
 def _rewrite_json_coords(text: str, image: Mapping[str, Any], summary: dict[str, Any]) -> str:
-    w, h, rw, rh = image["width"], image["height"], image["resized_width"], image["resized_height"]
+    w, h, rw, rh = image["width"], image["height"], image["target_width"], image["target_height"]
 
     def box(match: re.Match[str]) -> str:
         g = match.groups()
@@ -400,7 +450,7 @@ def _apply_objects(
         else:
             summary["points"] += 1
         scaled = [
-            _scale(v, w if i % 2 == 0 else h, image["resized_width"] if i % 2 == 0 else image["resized_height"])
+            _scale(v, w if i % 2 == 0 else h, image["target_width"] if i % 2 == 0 else image["target_height"])
             for i, v in enumerate(bbox)
         ]
         rendered.append(",".join(f"({x},{y})" for x, y in zip(scaled[::2], scaled[1::2], strict=True)))

@@ -282,7 +282,7 @@ def render_text(messages: Sequence[Mapping[str, Any]]) -> str:
     """
     from postvl.chatml.render import render
 
-    return render(list(messages))
+    return render(list(messages), family="qwen2_5_vl")  # the reward model's own input format (train = score)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -433,7 +433,7 @@ class JudgeScorer:
         videos = tuple(
             load_video(resolve_media_path(p, root), self.pixels or PixelConfig()) for p in record.get("videos") or []
         )
-        prompt = render(messages, add_generation_prompt=True)
+        prompt = render(messages, add_generation_prompt=True, family=self.generator.family)
         return Request(prompt, images=images, videos=videos, key=str(record["id"]))
 
     def score(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, float] | str]:

@@ -11,9 +11,13 @@ answer types                final answer asked for                           for
 math, number, count         ``\\boxed{...}``                                  ``boxed``
 choice                      a last line ``Answer: <letter>``                 ``answer_line``
 yesno, text                 a last line ``Answer: yes|no`` / ``Answer: ...``  ``answer_line``
-bbox                        ``Answer:`` then Qwen2.5-VL JSON ``bbox_2d``      a ``"bbox_2d": [`` pattern
-point                       ``Answer:`` then Qwen2.5-VL JSON ``point_2d``     a ``"point_2d": [`` pattern
+bbox                        ``Answer:`` then Qwen JSON ``bbox_2d``           a ``"bbox_2d": [`` pattern
+point                       ``Answer:`` then Qwen JSON ``point_2d``          a ``"point_2d": [`` pattern
 ==========================  ===============================================  =========================================
+
+Boxes and points are asked for in the model family's convention (``postvl.families``): absolute pixels of the image
+the model sees for Qwen2.5-VL, integers 0..1000 relative to the image for Qwen2-VL and Qwen3-VL, the space the
+dataset's gold boxes were written in by ``postvl build``.
 
 A sampling YAML can override any type under ``prompts``: a string replaces the instruction and keeps the form; a
 mapping sets ``instruction``, ``form`` (``boxed`` | ``answer_line``) and ``pattern`` (a regular expression the
@@ -33,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from postvl.families import Family, get_family
 from postvl.records import ANSWER_TYPES
 
 FORMS = ("boxed", "answer_line")
@@ -95,14 +100,32 @@ DEFAULT_PROMPTS: dict[str, PromptSpec] = {
 }
 
 
-def resolve_prompts(overrides: Mapping[str, str | Mapping[str, Any]] | None = None) -> dict[str, PromptSpec]:
-    """The default prompts with ``overrides`` (a YAML ``prompts`` section) applied.
+_COORDINATES = {
+    "absolute": "absolute pixel coordinates",
+    "relative_1000": "coordinates relative to the image, as integers from 0 to 1000",
+}
+
+
+def family_prompts(family: Family | str) -> dict[str, PromptSpec]:
+    """The default prompts, with boxes and points asked for in ``family``'s coordinate convention."""
+    coordinates = _COORDINATES[get_family(family).grounding]
+    specs = dict(DEFAULT_PROMPTS)
+    for answer_type in ("bbox", "point"):
+        spec = specs[answer_type]
+        specs[answer_type] = replace(spec, instruction=spec.instruction.replace(_COORDINATES["absolute"], coordinates))
+    return specs
+
+
+def resolve_prompts(
+    overrides: Mapping[str, str | Mapping[str, Any]] | None = None, *, family: Family | str
+) -> dict[str, PromptSpec]:
+    """The family's default prompts (``family_prompts``) with ``overrides`` (a YAML ``prompts`` section) applied.
 
     Raises:
         KeyError: an answer type that does not exist (the message names the closest one).
         ValueError: an override that is neither a string nor a mapping, or has unknown keys.
     """
-    specs = dict(DEFAULT_PROMPTS)
+    specs = family_prompts(family)
     for answer_type, value in (overrides or {}).items():
         if answer_type not in specs:
             close = difflib.get_close_matches(str(answer_type), ANSWER_TYPES, n=1)

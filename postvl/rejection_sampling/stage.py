@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from postvl.families import LEGACY_FAMILY, Family, check_same_family
 from postvl.generation import BACKENDS, Generator, Request, Sample, SamplingParams
 from postvl.io import (
     InputFile,
@@ -47,7 +48,7 @@ from postvl.io import (
     stage_settings,
     write_json_atomic,
 )
-from postvl.media import PixelConfig
+from postvl.media import PixelConfig, VideoTokens
 from postvl.records import RecordError
 from postvl.rejection_sampling.prompts import PromptSpec, question_messages, resolve_prompts, with_instruction
 from postvl.rejection_sampling.select import (
@@ -167,7 +168,7 @@ class SamplingConfig:
             )
         for check in (
             lambda: SamplingParams(self.k, self.temperature, self.top_p, self.max_tokens, self.seed),
-            lambda: resolve_prompts(self.prompts),
+            lambda: resolve_prompts(self.prompts, family=LEGACY_FAMILY),  # validity does not depend on the family
             lambda: VerifyConfig(**dict(self.verify)),
         ):
             try:
@@ -254,8 +255,11 @@ def prepare_input(cfg: SamplingConfig, shard: Shard, *, progress: bool = True) -
 def _check_pixels(cfg: SamplingConfig, folder: Path, pixels: PixelConfig | None) -> PixelConfig:
     overrides = {"min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels}
     if pixels is None:
-        logger.warning("%s records no pixel limits; using Qwen2.5-VL's defaults with the given overrides", folder)
-        return PixelConfig(**{k: v for k, v in overrides.items() if v is not None})
+        family = check_same_family(None, cfg.model, what=str(folder))
+        logger.warning(
+            "%s records no pixel limits; using %s's defaults with the given overrides", folder, family.title
+        )
+        return family.pixel_config(**overrides)
     conflicts = [
         f"{k}={v} (dataset: {getattr(pixels, k)})" for k, v in overrides.items() if v not in (None, getattr(pixels, k))
     ]
@@ -279,9 +283,13 @@ class Sampler:
         source: the input's media root and pixel limits.
         generator: the shared generator (``postvl.generation``).
         tokenizer: the model's tokenizer (``too_long`` in tokens, ``num_tokens`` of the written records).
+        family: the model's family (``postvl.families``): the chat template prompts are rendered with and the box
+            convention asked for; the dataset must have been built for it.
     """
 
-    def __init__(self, cfg: SamplingConfig, source: StageInput, generator: Generator, tokenizer: Any) -> None:
+    def __init__(
+        self, cfg: SamplingConfig, source: StageInput, generator: Generator, tokenizer: Any, family: Family
+    ) -> None:
         from postvl.rejection_sampling.hygiene import FinalAnswerForm, HygieneChecker
         from postvl.rejection_sampling.verify import VerifyConfig
 
@@ -289,8 +297,9 @@ class Sampler:
         self.source = source
         self.generator = generator
         self.tokenizer = tokenizer
+        self.family = check_same_family(source.pixels.family, family, what=str(source.folder))
         self.params = cfg.sampling_params()
-        self.prompts: dict[str, PromptSpec] = resolve_prompts(cfg.prompts)
+        self.prompts: dict[str, PromptSpec] = resolve_prompts(cfg.prompts, family=self.family)
         self.verify_config = VerifyConfig(**dict(cfg.verify))
         base = HygieneChecker.from_config(cfg.hygiene, tokenizer=tokenizer)
         self.checkers = {
@@ -353,7 +362,7 @@ class Sampler:
         from postvl.media import resolve_media_path
 
         spec = self.prompts[record["answer_type"]]
-        prompt = render(with_instruction(question, spec.instruction), add_generation_prompt=True)
+        prompt = render(with_instruction(question, spec.instruction), family=self.family, add_generation_prompt=True)
         root = self.source.media_root
         try:
             images = tuple(load_image(resolve_media_path(p, root)) for p in record.get("images") or [])
@@ -457,14 +466,17 @@ class Sampler:
 
         media = (record.get("meta") or {}).get("media") or {}
         image_tokens = [m.get("tokens") for m in media.get("images", [])]
-        video_tokens = [m.get("tokens") for m in media.get("videos", [])]
+        # Qwen3-VL videos: the recorded layout (timestamps and per-patch blocks), not just the pads
+        video_tokens = [
+            VideoTokens.from_json(m["layout"]) if m.get("layout") else m.get("tokens") for m in media.get("videos", [])
+        ]
         if len(image_tokens) != len(record.get("images") or []) or len(video_tokens) != len(
             record.get("videos") or []
         ):
             return None
         if None in image_tokens or None in video_tokens:
             return None
-        return count_tokens(messages, image_tokens, video_tokens, self.tokenizer)
+        return count_tokens(messages, image_tokens, video_tokens, self.tokenizer, family=self.family)
 
     def _reject(
         self, writer: StageWriter, record: dict[str, Any], reason: str, detail: str, *, counted: bool = False
@@ -565,11 +577,13 @@ def run_sampling(
     with writer:
         skipped = writer.done
         if not skipped:
+            family = check_same_family(source.pixels.family, cfg.model, what=str(source.folder))
+            generator = generator or _build_generator(cfg, source)
             if built:
                 from postvl.chatml.build import fold_build_rejects
 
                 fold_build_rejects(writer, source.folder, shard)
-            sampler = Sampler(cfg, source, generator or _build_generator(cfg, source), _load_tokenizer(cfg.model))
+            sampler = Sampler(cfg, source, generator, _load_tokenizer(cfg.model), family)
             records = (r for i, r in enumerate(read_stage(source.folder)) if shard.owns(i))
             bar = tqdm(desc="sample", unit="q", disable=not (progress and shard.is_main) or None, mininterval=1.0)
             stats = sampler.run(records, writer, bar)

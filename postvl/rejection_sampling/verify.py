@@ -18,9 +18,11 @@ Per answer type (``records.ANSWER_TYPES``):
   gold of 0.5 or 50, and "0.5" or "50" match a gold of "50%", but "0.5" never matches a gold of 50.
 - ``count``: digits or number words in English ("seven", "twenty-one") and Chinese ("七", "十二", "二十一", "两");
   exact integer match.
-- ``bbox``: the predicted boxes (Qwen2.5-VL JSON ``[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]``, fenced or not, or
-  a bare ``[x1, y1, x2, y2]``) of the last answer block against absolute gold boxes: as many boxes as gold boxes, each
-  gold box matched one-to-one with IoU >= ``VerifyConfig.iou_threshold``.
+- ``bbox``: the predicted boxes (Qwen JSON ``[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]``, fenced or not, or
+  a bare ``[x1, y1, x2, y2]``) of the last answer block against the gold boxes: as many boxes as gold boxes, each
+  gold box matched one-to-one with IoU >= ``VerifyConfig.iou_threshold``. Gold and prediction must be in one
+  convention, the model family's (absolute resized pixels for Qwen2.5-VL, 0..1000 for Qwen2-VL / Qwen3-VL): ``postvl
+  build`` writes golds so, and ``postvl.families.to_family_box`` converts boxes in source-image pixels.
 - ``point``: the predicted ``point_2d`` (or a bare ``[x, y]``) lies inside the gold box (edges included).
 - ``text``: normalised equality (Unicode NFKC for full-width characters, case, punctuation, English articles,
   whitespace); the gold may be a list of accepted answers.
@@ -734,7 +736,7 @@ def _gold_boxes(gold: Any) -> list[list[float]]:
     for item in value if isinstance(value, list) else [value]:
         box = item.get("bbox_2d") if isinstance(item, Mapping) else item
         if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            raise ValueError(f"bbox gold {gold!r}: each box must be [x1, y1, x2, y2] in absolute pixels")
+            raise ValueError(f"bbox gold {gold!r}: each box must be [x1, y1, x2, y2] in the model family's convention")
         if box[0] > box[2] or box[1] > box[3]:
             raise ValueError(f"bbox gold box {box} has x1 > x2 or y1 > y2; write it as [x1, y1, x2, y2]")
         boxes.append([float(v) for v in box])

@@ -95,7 +95,7 @@ def test_json_without_tokenizer_uses_character_spans(render_stage, capsys):
     audits, summary = _run_json(capsys, str(render_stage), "--n", "10")
     assert [a["id"] for a in audits] == ["cat", "chat", "clip"]
     for audit, record in zip(audits, RECORDS, strict=True):
-        assert audit["text"] == render(record["messages"])
+        assert audit["text"] == render(record["messages"], family="qwen2_5_vl")
         for start, end, span in audit["trained_spans"]:
             assert audit["text"][start:end] == span
     assert [s[2] for s in audits[1]["trained_spans"]] == ["你好！<|im_end|>", "\n\nTwo.<|im_end|>"]
@@ -152,7 +152,7 @@ def test_train_turn_newline_option(render_stage, capsys):
 
 
 def test_colour_highlight_styles_trained_spans():
-    text = render(RECORDS[0]["messages"])
+    text = render(RECORDS[0]["messages"], family="qwen2_5_vl")
     start = text.index("A cat.")
     out = inspect.highlight(text, [(start, start + 16)], color=True)
     assert out.plain == text

@@ -30,6 +30,7 @@ IM_START, IM_END, IMAGE_PAD_ID, VISION_START_ID, VISION_END_ID = 151644, 151645,
 SYSTEM, USER, ASSISTANT, NEWLINE = 8948, 872, 77091, 198
 DEFAULT_SYSTEM_IDS = [2610, 525, 264, 10950, 17847, 13]  # "You are a helpful assistant."
 HELLO_WORLD = [9707, 1879]
+Q25 = "qwen2_5_vl"  # the family these tests pin (tests/families/ covers the others)
 
 TEXT_PIECES = [
     "What is shown here?", "A cat.", "", " ", "\n", "\n\n", "  leading spaces", "trailing newline\n", "\tTab",
@@ -143,17 +144,17 @@ def test_render_equals_official_template(shape, add_generation_prompt, add_visio
     messages = SHAPES[shape]
     kwargs = dict(add_generation_prompt=add_generation_prompt, add_vision_id=add_vision_id)
     expected = template_tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
-    assert render(messages, **kwargs) == expected
+    assert render(messages, family=Q25, **kwargs) == expected
     assert raw_jinja.render(messages=messages, **kwargs) == expected
 
 
 def test_render_known_text():
-    assert render(SHAPES["single_image"], add_generation_prompt=False) == (
+    assert render(SHAPES["single_image"], family=Q25, add_generation_prompt=False) == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is this?<|im_end|>\n"
         "<|im_start|>assistant\nA cat.<|im_end|>\n"
     )
-    assert render(SHAPES["multi_turn"][:1], add_generation_prompt=True, add_vision_id=True).endswith(
+    assert render(SHAPES["multi_turn"][:1], family=Q25, add_generation_prompt=True, add_vision_id=True).endswith(
         "<|im_start|>user\nPicture 1: <|vision_start|><|image_pad|><|vision_end|>Count the dots.<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
@@ -165,25 +166,25 @@ def test_render_property_random_conversations(template_tokenizer, raw_jinja):
         messages = random_conversation(rng, pieces=TEXT_PIECES + RENDER_ONLY_PIECES)
         kwargs = dict(add_generation_prompt=i % 2 == 1, add_vision_id=i % 3 == 0)
         expected = template_tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
-        assert render(messages, **kwargs) == expected, messages
+        assert render(messages, family=Q25, **kwargs) == expected, messages
         assert raw_jinja.render(messages=messages, **kwargs) == expected
         n_images, n_videos = count_media(messages)
         image_counts = [rng.randint(1, 5) for _ in range(n_images)]
         video_counts = [rng.randint(1, 5) for _ in range(n_videos)]
         expanded = _expand(_expand(expected, IMAGE_PAD, image_counts), VIDEO_PAD, video_counts)
-        got = render(messages, image_pad_counts=image_counts, video_pad_counts=video_counts, **kwargs)
+        got = render(messages, family=Q25, image_pad_counts=image_counts, video_pad_counts=video_counts, **kwargs)
         assert got == expanded
 
 
 def test_render_pad_counts_must_match_parts():
     with pytest.raises(ValueError, match="more image parts than the 1 image pad counts"):
-        render(SHAPES["multi_image_turn"], image_pad_counts=[4])
+        render(SHAPES["multi_image_turn"], family=Q25, image_pad_counts=[4])
     with pytest.raises(ValueError, match="2 image pad counts given for 1 image parts"):
-        render(SHAPES["single_image"], image_pad_counts=[4, 4])
+        render(SHAPES["single_image"], family=Q25, image_pad_counts=[4, 4])
     with pytest.raises(ValueError, match="more video parts than the 0 video pad counts"):
-        render(SHAPES["video"], video_pad_counts=[])
+        render(SHAPES["video"], family=Q25, video_pad_counts=[])
     with pytest.raises(TypeError, match="content part must be a dict"):
-        render([{"role": "user", "content": ["just a string"]}])
+        render([{"role": "user", "content": ["just a string"]}], family=Q25)
 
 
 def test_render_is_fast():
@@ -191,7 +192,7 @@ def test_render_is_fast():
     conversations = [random_conversation(rng) for _ in range(2000)]
     start = time.perf_counter()
     for messages in conversations:
-        render(messages)
+        render(messages, family=Q25)
     per_record = (time.perf_counter() - start) / len(conversations)
     assert per_record < 1e-3, f"render took {per_record * 1e6:.0f} us per record"
 
@@ -202,17 +203,17 @@ def test_render_is_fast():
 
 def test_assistant_label_spans_cover_content_and_im_end():
     messages = SHAPES["multi_turn"]
-    text, spans = render_with_spans(messages)
-    assert text == render(messages)
+    text, spans = render_with_spans(messages, family=Q25)
+    assert text == render(messages, family=Q25)
     assert [text[a:b] for a, b in spans] == ["3<|im_end|>", "Yes, 3.\n\nFinal answer: 3<|im_end|>"]
-    with_newline = assistant_label_spans(messages, train_turn_newline=True)
+    with_newline = assistant_label_spans(messages, family=Q25, train_turn_newline=True)
     assert [text[a:b] for a, b in with_newline] == ["3<|im_end|>\n", "Yes, 3.\n\nFinal answer: 3<|im_end|>\n"]
 
 
 def test_assistant_label_spans_skip_vision_blocks_and_empty_content():
-    text, spans = render_with_spans(SHAPES["assistant_image"], add_vision_id=True, image_pad_counts=[3])
+    text, spans = render_with_spans(SHAPES["assistant_image"], family=Q25, add_vision_id=True, image_pad_counts=[3])
     assert [text[a:b] for a, b in spans] == ["Here: Picture 1: ", " done<|im_end|>"]
-    text, spans = render_with_spans(SHAPES["empty_text_parts"])
+    text, spans = render_with_spans(SHAPES["empty_text_parts"], family=Q25)
     assert [text[a:b] for a, b in spans] == ["<|im_end|>"]
 
 
@@ -249,11 +250,11 @@ def test_count_tokens_equals_processor_input_ids(render_small_processor):
         clips = [rng.choice(videos) for _ in range(n_videos)]
         image_tokens = [_image_tokens(processor, im) for im in images]
         video_tokens = [_video_tokens(processor, v) for v in clips]
-        out = processor(text=[render(messages)], images=images or None, videos=clips or None)
+        out = processor(text=[render(messages, family=Q25)], images=images or None, videos=clips or None)
         expected = len(out["input_ids"][0])
         assert count_tokens(messages, image_tokens, video_tokens, processor.tokenizer) == expected
         assert count_tokens(messages, image_tokens, video_tokens, processor) == expected
-        padded = render(messages, image_pad_counts=image_tokens, video_pad_counts=video_tokens)
+        padded = render(messages, family=Q25, image_pad_counts=image_tokens, video_pad_counts=video_tokens)
         assert processor.tokenizer(padded)["input_ids"] == out["input_ids"][0]
 
 
@@ -262,7 +263,7 @@ def test_count_tokens_video_of_pil_frames(render_small_processor):
     frames = [Image.new("RGB", (112, 84), (40 * i, 0, 0)) for i in range(4)]
     messages = SHAPES["image_and_video"]
     image = Image.new("RGB", (112, 112))
-    out = processor(text=[render(messages)], images=[image], videos=[frames])
+    out = processor(text=[render(messages, family=Q25)], images=[image], videos=[frames])
     assert out["video_grid_thw"].tolist() == [[2, 6, 8]]  # 4 frames -> 2 temporal patches of 6x8 -> 24 tokens
     assert count_tokens(messages, [16], [24], processor) == len(out["input_ids"][0])
 

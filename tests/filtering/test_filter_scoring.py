@@ -135,6 +135,8 @@ def test_parse_judgement_is_robust(text, expected):
 
 
 class ScriptedGenerator:
+    family = "qwen2_5_vl"  # what render() needs from a generator: the family its prompts are rendered for
+
     def __init__(self, replies):
         self.replies = list(replies)
         self.requests = []

@@ -95,7 +95,7 @@ def test_stage_keeps_correct_hygienic_samples_writes_pairs_and_counts_questions(
     )
     media_root = json.loads((built_dataset / "manifest.json").read_text())["config"]["media_root"]
     image = load_image(Path(media_root) / math["images"][0])
-    expected = processor(text=[render(math["messages"])], images=[image])["input_ids"][0]
+    expected = processor(text=[render(math["messages"], family="qwen2_5_vl")], images=[image])["input_ids"][0]
     assert math["num_tokens"] == len(expected)
 
     pairs = {r["id"]: r for r in read_stage(out, kind="preference")}

@@ -194,15 +194,17 @@ def test_every_answer_type_has_a_prompt_and_a_form_check():
 
 
 def test_yaml_overrides_replace_the_instruction_or_the_form():
-    specs = resolve_prompts({"math": "Solve it; box the result.", "text": {"instruction": "Say it.", "form": "boxed"}})
+    specs = resolve_prompts(
+        {"math": "Solve it; box the result.", "text": {"instruction": "Say it.", "form": "boxed"}}, family="qwen2_5_vl"
+    )
     assert specs["math"].instruction == "Solve it; box the result." and specs["math"].form == "boxed"
     assert (specs["text"].instruction, specs["text"].form) == ("Say it.", "boxed")
     with pytest.raises(KeyError, match="Did you mean 'count'"):
-        resolve_prompts({"cuont": "x"})
+        resolve_prompts({"cuont": "x"}, family="qwen2_5_vl")
     with pytest.raises(ValueError, match="unknown keys"):
-        resolve_prompts({"math": {"text": "x"}})
+        resolve_prompts({"math": {"text": "x"}}, family="qwen2_5_vl")
     with pytest.raises(ValueError, match="form must be one of"):
-        resolve_prompts({"math": {"form": "json"}})
+        resolve_prompts({"math": {"form": "json"}}, family="qwen2_5_vl")
 
 
 def test_instruction_goes_after_the_last_user_turn_and_the_system_prompt_stays():
@@ -224,7 +226,7 @@ def test_instruction_goes_after_the_last_user_turn_and_the_system_prompt_stays()
     assert question == messages[:4]  # not modified in place
     from postvl.chatml.render import render
 
-    assert render(prompt, add_generation_prompt=True).endswith(
+    assert render(prompt, family="qwen2_5_vl", add_generation_prompt=True).endswith(
         "And the shape?\nThink step by step.<|im_end|>\n<|im_start|>assistant\n"
     )
     with pytest.raises(ValueError, match="no user turn"):
