@@ -23,6 +23,7 @@ from postvl.modeling import build_tiny_processor, build_tokenizer
 from postvl.records import image_part, message
 
 WORDS = "the a cat dog chart shows value 你好 世界 图片 answer is 3 12.5 % red blue square moves left right".split()
+FAMILY = "qwen2_5_vl"  # the tiny processor's family
 SIZES = [(112, 112), (56, 56), (200, 100), (30, 300), (640, 480), (1024, 768)]
 
 
@@ -65,28 +66,32 @@ def main() -> None:
     assert all(count_media(m)[0] == len(c) for (m, _), c in zip(records, counts, strict=True))
 
     start = time.perf_counter()
-    baseline = [len(processor(text=[render(m)], images=ims or None)["input_ids"][0]) for m, ims in records]
+    baseline = [
+        len(processor(text=[render(m, family=FAMILY)], images=ims or None)["input_ids"][0]) for m, ims in records
+    ]
     t_processor = time.perf_counter() - start
 
     start = time.perf_counter()
     for messages, _ in records:
-        render(messages)
+        render(messages, family=FAMILY)
     t_render = time.perf_counter() - start
 
     start = time.perf_counter()
-    single = [count_tokens(m, c, [], tokenizer) for (m, _), c in zip(records, counts, strict=True)]
+    single = [count_tokens(m, c, [], tokenizer, family=FAMILY) for (m, _), c in zip(records, counts, strict=True)]
     t_single = time.perf_counter() - start
 
     start = time.perf_counter()
     batched: list[int] = []
     for i in range(0, len(records), 256):
         chunk = records[i : i + 256]
-        batched += count_tokens_batch([m for m, _ in chunk], counts[i : i + 256], [[]] * len(chunk), tokenizer)
+        batched += count_tokens_batch(
+            [m for m, _ in chunk], counts[i : i + 256], [[]] * len(chunk), tokenizer, family=FAMILY
+        )
     t_batch = time.perf_counter() - start
 
     start = time.perf_counter()
     for (messages, _), c in zip(records, counts, strict=True):
-        tokenize_with_labels(messages, tokenizer, c, [])
+        tokenize_with_labels(messages, tokenizer, c, [], family=FAMILY)
     t_labels = time.perf_counter() - start
 
     if single != baseline or batched != baseline:

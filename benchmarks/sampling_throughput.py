@@ -47,11 +47,13 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     from PIL import Image
 
     from postvl.chatml.render import render
+    from postvl.families import get_family
     from postvl.generation import Request, SamplingParams, TransformersGenerator, VLLMGenerator
     from postvl.media import PixelConfig
     from postvl.modeling import TINY_MAX_PIXELS, TINY_MIN_PIXELS, build_tiny_model
 
     model = args.model or str(build_tiny_model(tmp / "model", vocab=args.vocab))
+    family = get_family(model)  # the model's own chat template decides the prompt text
     pixels = PixelConfig(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS) if not args.model else None
     questions = ["What is shown here?", "How many squares are there?", "Which colour dominates?", "Describe it."]
     requests = []
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": questions[i % len(questions)]}]}
         ]
         image = Image.new("RGB", (112, 112), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256))
-        requests.append(Request(render(messages, add_generation_prompt=True), (image,), key=f"q{i}"))
+        requests.append(Request(render(messages, family=family, add_generation_prompt=True), (image,), key=f"q{i}"))
     params = SamplingParams(n=args.k, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, seed=0, ignore_eos=True)
     warmup = SamplingParams(n=2, max_tokens=4, seed=0, ignore_eos=True)
     print(f"{model}: {args.prompts} prompts x k={args.k} x {args.max_tokens} tokens (ignore_eos), one image each")
