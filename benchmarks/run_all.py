@@ -46,7 +46,7 @@ EXPECTED = (
 )
 # The sizes `make bench` uses (the README's table comes from them); scripts not listed run with their defaults.
 QUICK_ARGS: dict[str, list[str]] = {
-    "filter_throughput": ["-n", "20000", "--peer-records", "5000", "--rss", "10000", "40000"],
+    "filter_throughput": ["-n", "20000", "--peer-records", "20000", "--rss", "10000", "40000"],
     "tag_throughput": ["--n", "1000", "--repeats", "2"],
     "render_speed": ["--records", "1000"],
     "sampling_throughput": ["--prompts", "8", "--k", "4", "--max-tokens", "64"],
