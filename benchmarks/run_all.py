@@ -34,6 +34,7 @@ LOG_DIR = REPO / "runs" / "bench"
 
 # Scripts that must be there: a missing one is a failed row.
 EXPECTED = (
+    "build_embedded",
     "build_throughput",
     "dpo_vision_reuse",
     "filter_throughput",
@@ -50,6 +51,7 @@ QUICK_ARGS: dict[str, list[str]] = {
     "tag_throughput": ["--n", "1000", "--repeats", "2"],
     "render_speed": ["--records", "1000"],
     "sampling_throughput": ["--prompts", "8", "--k", "4", "--max-tokens", "64"],
+    "peers_train": ["--quick"],  # 64 records, 32 pairs per tool; the peers' venvs are built on first use
 }
 RESULT_RE = re.compile(r"^RESULT (?P<name>[a-z0-9_]+) (?P<value>\S+) (?P<unit>\S+) \| (?P<what>.+)$")
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("postvl.synth.main:main", "write a synthetic multimodal dataset with ground truth and planted defects"),
     "build": ("postvl.chatml.main:main", "raw TRL/LLaMA-Factory/qwen/ms-swift/OpenAI data -> checked ChatML records"),
     "inspect": ("postvl.chatml.inspect:main", "show the spans a stage's records train on, token/media/reject stats"),
+    "split": ("postvl.evaluation.split:main", "hold out an eval split by a stable hash of record ids, before tagging"),
     "tag": ("postvl.instag.main:main", "tag QA pairs: domain, subcategory, open tags (embedding, llm, classifier)"),
     "filter": ("postvl.filtering.main:main", "per-domain rule filters, then reward-model or VLM-judge scores"),
     "rm": ("postvl.filtering.reward_model:main", "`rm train`: a reward model from preference pairs (TRL)"),
@@ -27,8 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("postvl.rejection_sampling.verify_cli:main", "check sampled answers in a JSONL against gold answers"),
     "sft": ("postvl.sft.main:main", "supervised fine-tuning with TRL: ViT frozen, LoRA optional, exact mRoPE packing"),
     "dpo": ("postvl.dpo.main:main", "DPO with TRL: ViT frozen, one pass, each image encoded once per step"),
-    "run": ("postvl.pipeline:main", "the whole recipe, build -> tag -> filter -> sample -> sft -> dpo, resumable"),
+    "eval": ("postvl.evaluation.main:main", "accuracy of models side by side on held-out questions, overlap-checked"),
+    "run": ("postvl.pipeline:main", "the whole recipe, build -> split -> tag -> ... -> sft -> dpo -> eval, resumable"),
     "report": ("postvl.report:main", "a self-contained HTML report (funnel, domains, scores, curves) of a run folder"),
+    "demo-model": ("postvl.synth.base_model:main", "the demo base model: a tiny Qwen2.5-VL trained on synth answers"),
     "tiny-model": ("postvl.cli:tiny_model_main", "save a tiny random model of one family + processor, built offline"),
     "params": ("postvl.cli:params_main", "print trainable vs frozen parameters of a model with the ViT frozen"),
 }
@@ -96,6 +99,13 @@ def params_main(argv: list[str]) -> int:
     )
     parser.add_argument("model", help="hub id or local directory")
     parser.add_argument("--freeze-merger", action="store_true", help="freeze the merger too")
+    parser.add_argument(
+        "--deepstack-mergers",
+        choices=("as-merger", "train", "freeze"),
+        default="as-merger",
+        help="Qwen3-VL's DeepStack mergers: as the merger (default), trained, or frozen with the ViT",
+    )
+    parser.add_argument("--lora-experts", action="store_true", help="MoE: also put LoRA on the packed experts")
     parser.add_argument("--unfreeze-last-n-blocks", type=int, default=0)
     parser.add_argument("--lora-r", type=int, default=0, help="add a LoRA adapter of this rank (0: none)")
     parser.add_argument("--trust-remote-code", action="store_true")
@@ -110,8 +120,17 @@ def params_main(argv: list[str]) -> int:
 
     model, _ = load_model_and_processor(args.model, trust_remote_code=args.trust_remote_code)
     if args.lora_r:  # peft freezes every base parameter, so the vision freeze comes after it
-        model = apply_lora(model, r=args.lora_r, alpha=2 * args.lora_r)
-    freeze_vision(model, train_merger=not args.freeze_merger, unfreeze_last_n_blocks=args.unfreeze_last_n_blocks)
+        model = apply_lora(
+            model, r=args.lora_r, alpha=2 * args.lora_r, dropout=0.0 if args.lora_experts else 0.05,
+            experts=args.lora_experts,
+        )
+    deepstack = {"as-merger": None, "train": True, "freeze": False}[args.deepstack_mergers]
+    freeze_vision(
+        model,
+        train_merger=not args.freeze_merger,
+        train_deepstack_mergers=deepstack,
+        unfreeze_last_n_blocks=args.unfreeze_last_n_blocks,
+    )
     print(format_parameter_table(parameter_groups(model)))
     return 0
 

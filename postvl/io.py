@@ -1,9 +1,11 @@
 """Stage input and output: read any input with bounded memory, write stage folders atomically, shard by rank.
 
-Reading: ``list_inputs`` expands files and folders (JSON, JSONL, Parquet, and datasets saved with ``save_to_disk``);
-``iter_rows`` streams them as ``RawRow`` objects that carry their source (``file:line`` or ``file#row``). A line that
-is not valid JSON or not valid UTF-8 becomes a ``RawRow`` with an ``error`` reason, so the stage reports it as a
-rejected record instead of crashing.
+Reading: ``list_inputs`` expands files, globs and folders (JSON, JSONL, Parquet shards, datasets saved with
+``save_to_disk``) and ``hf://OWNER/NAME[:CONFIG][@SPLIT]`` datasets (through ``datasets.load_dataset``: the hub, the
+offline HF cache, or a local dataset folder as ``hf://./folder``); ``iter_rows`` streams them in Arrow batches as
+``RawRow`` objects that carry their source (``file:line`` or ``file#row``). A line that is not valid JSON or not
+valid UTF-8 becomes a ``RawRow`` with an ``error`` reason, so the stage reports it as a rejected record instead of
+crashing.
 
 Writing: ``StageWriter`` implements the stage contract::
 
@@ -21,6 +23,7 @@ same config and inputs skips ranks whose marker exists.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -28,7 +31,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
+HUB_PREFIX = "hf://"
+_GLOB = re.compile(r"[*?\[]")
+_BATCH_ROWS = 512
+_BATCH_ROWS_MEDIA = 64  # rows per Arrow batch when rows carry embedded media (bounded memory)
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _MAX_ELEMENT_CHARS = 64 * 1024 * 1024  # one JSON value larger than this is reported invalid, not buffered forever
 _READ_CHARS = 1 << 20
@@ -83,11 +90,53 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> Shard:
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input: a JSON/JSONL/Parquet file or a saved ``datasets`` folder, with options for the format adapter."""
+    """One input: a JSON/JSONL/Parquet file, a saved ``datasets`` folder or an ``hf://`` dataset.
+
+    Attributes:
+        path: the file, folder or ``hf://`` name.
+        kind: ``json`` | ``jsonl`` | ``parquet`` | ``arrow`` (saved dataset) | ``hf`` (``datasets.load_dataset``).
+        options: for the format adapter (a LLaMA-Factory ``dataset_info.json`` entry, a column mapping).
+        streaming: ``hf`` only: ``load_dataset(..., streaming=True)`` (nothing downloaded ahead).
+    """
 
     path: str
-    kind: str  # "json" | "jsonl" | "parquet" | "arrow"
+    kind: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    streaming: bool = False
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """``hf://PATH[:CONFIG][@SPLIT]``: PATH is what ``datasets.load_dataset`` takes (a hub id or a local folder)."""
+
+    path: str
+    config: str | None = None
+    split: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> HubSpec:
+        """``hf://HuggingFaceM4/the_cauldron:ai2d@train`` -> path, config ``ai2d``, split ``train``.
+
+        The split may carry a slice (``@train[:1000]``); config and split are read after the last ``/``.
+        """
+        if not text.startswith(HUB_PREFIX):
+            raise ValueError(f"{text!r} is not an hf:// dataset name")
+        body = text[len(HUB_PREFIX) :]
+        head, slash, tail = body.rpartition("/")
+        tail, _, split = tail.partition("@")
+        tail, _, config = tail.partition(":")
+        path = f"{head}{slash}{tail}"
+        if not path.strip("./"):
+            raise ValueError(f"{text!r}: give a dataset, e.g. hf://HuggingFaceH4/llava-instruct-mix-vsft@train")
+        return cls(path=path, config=config or None, split=split or None)
+
+    def __str__(self) -> str:
+        return (
+            HUB_PREFIX
+            + self.path
+            + (f":{self.config}" if self.config else "")
+            + (f"@{self.split}" if self.split else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -118,6 +167,16 @@ def list_inputs(paths: Iterable[str | Path]) -> list[InputFile]:
     """
     files: list[InputFile] = []
     for raw in paths:
+        if str(raw).startswith(HUB_PREFIX):
+            HubSpec.parse(str(raw))  # a malformed name fails here, before any work
+            files.append(InputFile(str(raw), "hf"))
+            continue
+        if _GLOB.search(str(raw)) and not Path(raw).exists():
+            matches = sorted(glob.glob(str(raw), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"input pattern {str(raw)!r} matches no file")
+            files.extend(list_inputs(matches))
+            continue
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"input {str(raw)!r} does not exist")
@@ -158,7 +217,13 @@ def iter_rows(inputs: Iterable[InputFile], shard: Shard | None = None) -> Iterat
     shard = shard or Shard()
     index = 0
     for item in inputs:
-        readers = {"jsonl": _iter_jsonl, "json": _iter_json, "parquet": _iter_parquet, "arrow": _iter_saved_dataset}
+        readers = {
+            "jsonl": _iter_jsonl,
+            "json": _iter_json,
+            "parquet": _iter_parquet,
+            "arrow": _iter_saved_dataset,
+            "hf": _iter_hub,
+        }
         for row_or_skip in readers[item.kind](item, shard, index):
             index += 1
             if row_or_skip is not None:
@@ -286,14 +351,66 @@ def _unescape(text: str) -> str:
 def _iter_parquet(item: InputFile, shard: Shard, start: int) -> Iterator[RawRow | None]:
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(item.path)
+    # buffer_size: column chunks are read in pieces, so a shard written as one huge row group stays bounded too
+    parquet = pq.ParquetFile(item.path, buffer_size=1 << 20, pre_buffer=False)
+    size = _BATCH_ROWS_MEDIA if schema_has_binary(parquet.schema_arrow) else _BATCH_ROWS
+    yield from _table_rows(parquet.iter_batches(batch_size=size), item, item.path, shard, start)
+
+
+def _table_rows(
+    batches: Iterable[Any], item: InputFile, label: str, shard: Shard, start: int
+) -> Iterator[RawRow | None]:
+    """Rows of Arrow batches; only this shard's rows are converted to Python."""
     row = 0
-    for batch in parquet.iter_batches(batch_size=512):
-        for data in batch.to_pylist():
-            owned = shard.owns(start)
-            start += 1
-            yield RawRow(f"{item.path}#{row}", data=data, input=item) if owned else None
-            row += 1
+    for batch in batches:
+        n = batch.num_rows
+        owned = [i for i in range(n) if shard.owns(start + i)]
+        if len(owned) == n:
+            datas = batch.to_pylist()
+        else:
+            datas = batch.take(owned).to_pylist() if owned else []
+        it = iter(datas)
+        for i in range(n):
+            yield RawRow(f"{label}#{row + i}", data=next(it), input=item) if shard.owns(start + i) else None
+        start += n
+        row += n
+
+
+def schema_has_binary(schema: Any) -> bool:
+    """True when an Arrow schema holds binary data anywhere (``datasets.Image`` structs ``{bytes, path}``)."""
+    import pyarrow as pa
+
+    def binary(t: Any) -> bool:
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+            return True
+        if pa.types.is_struct(t):
+            return any(binary(t.field(i).type) for i in range(t.num_fields))
+        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            return binary(t.value_type)
+        return False
+
+    return any(binary(f.type) for f in schema)
+
+
+def may_embed_media(item: InputFile) -> bool:
+    """Whether an input can carry embedded media: Parquet or saved datasets with binary columns, ``hf://`` inputs.
+
+    JSON cannot hold bytes; a build with any input that can writes the content-addressed media store.
+    """
+    if item.kind == "hf":
+        return True
+    if item.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return schema_has_binary(pq.read_schema(item.path))
+    if item.kind == "arrow":
+        from datasets import Features
+
+        path = Path(item.path)
+        infos = [*path.glob("dataset_info.json"), *path.glob("*/dataset_info.json")]
+        features = [json.loads(p.read_text()).get("features") for p in infos]
+        return any(f and schema_has_binary(Features.from_dict(f).arrow_schema) for f in features)
+    return False
 
 
 def _iter_saved_dataset(item: InputFile, shard: Shard, start: int) -> Iterator[RawRow | None]:
@@ -302,30 +419,51 @@ def _iter_saved_dataset(item: InputFile, shard: Shard, start: int) -> Iterator[R
     loaded = load_from_disk(item.path)
     splits = [("", loaded)] if isinstance(loaded, Dataset) else sorted(loaded.items())
     for split, dataset in splits:
-        dataset = _undecoded(dataset)
         label = f"{item.path}[{split}]" if split else item.path
-        for row, data in enumerate(dataset):
-            owned = shard.owns(start)
+        rows = _table_rows(_arrow_batches(dataset), item, label, shard, start)
+        for row in rows:
             start += 1
-            yield RawRow(f"{label}#{row}", data=data, input=item) if owned else None
+            yield row
 
 
-def _undecoded(dataset: Any) -> Any:
-    """Image/Video columns as ``{"bytes", "path"}`` dicts instead of decoded PIL images (the builder probes them)."""
-    from datasets import Image, Sequence
+def load_hub_dataset(item: InputFile) -> Any:
+    """``datasets.load_dataset`` for an ``hf://`` input (offline from the HF cache with ``HF_HUB_OFFLINE=1``).
 
-    features = dataset.features.copy()
-    changed = False
-    for name, feature in features.items():
-        if isinstance(feature, Image):
-            features[name] = Image(decode=False)
-            changed = True
-        elif isinstance(feature, (list, Sequence)):
-            inner = feature[0] if isinstance(feature, list) else feature.feature
-            if isinstance(inner, Image):
-                features[name] = [Image(decode=False)] if isinstance(feature, list) else Sequence(Image(decode=False))
-                changed = True
-    return dataset.cast(features) if changed else dataset
+    Raises:
+        FileNotFoundError: the dataset is neither reachable nor cached (the message says how to get it).
+    """
+    import datasets
+
+    spec = HubSpec.parse(item.path)
+    try:
+        return datasets.load_dataset(spec.path, spec.config, split=spec.split, streaming=item.streaming)
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise FileNotFoundError(
+            f"{item.path}: {err}. Download it once online (or copy the HF cache), then run with HF_HUB_OFFLINE=1; "
+            "a local dataset folder is hf://./FOLDER"
+        ) from err
+
+
+def _iter_hub(item: InputFile, shard: Shard, start: int) -> Iterator[RawRow | None]:
+    from datasets import Dataset, IterableDataset
+
+    loaded = load_hub_dataset(item)
+    spec = HubSpec.parse(item.path)
+    splits = [(spec.split or "", loaded)] if isinstance(loaded, (Dataset, IterableDataset)) else sorted(loaded.items())
+    for split, dataset in splits:
+        label = str(HubSpec(spec.path, spec.config, split or None))
+        for row in _table_rows(_arrow_batches(dataset), item, label, shard, start):
+            start += 1
+            yield row
+
+
+def _arrow_batches(dataset: Any) -> Iterator[Any]:
+    """A ``datasets`` Dataset or IterableDataset as Arrow tables: media stay ``{bytes, path}`` structs as stored
+    (nothing is decoded), and rows are converted batch by batch."""
+    features = getattr(dataset, "features", None)
+    media = features is None or schema_has_binary(features.arrow_schema)
+    size = _BATCH_ROWS_MEDIA if media else _BATCH_ROWS
+    yield from dataset.with_format("arrow").iter(batch_size=size)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -337,6 +475,9 @@ def fingerprint_inputs(inputs: Iterable[InputFile], *, hash_below: int = 0) -> l
     for files smaller than ``hash_below`` bytes."""
     out = []
     for item in inputs:
+        if item.kind == "hf":
+            out.append(_hub_fingerprint(item))
+            continue
         path = Path(item.path)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for p in files:
@@ -348,6 +489,19 @@ def fingerprint_inputs(inputs: Iterable[InputFile], *, hash_below: int = 0) -> l
                 entry["options"] = dict(item.options)
             out.append(entry)
     return out
+
+
+def _hub_fingerprint(item: InputFile) -> dict[str, Any]:
+    """An ``hf://`` input: its name, options and, when loaded ahead (not streaming), the datasets fingerprints."""
+    entry: dict[str, Any] = {"path": item.path, "streaming": item.streaming}
+    if item.options:
+        entry["options"] = dict(item.options)
+    if not item.streaming:
+        loaded = load_hub_dataset(item)
+        parts = {"": loaded} if hasattr(loaded, "_fingerprint") else dict(loaded)
+        entry["fingerprints"] = {split: getattr(ds, "_fingerprint", None) for split, ds in sorted(parts.items())}
+        entry["rows"] = {split: len(ds) for split, ds in sorted(parts.items())}
+    return entry
 
 
 def package_versions(names: Iterable[str] = ()) -> dict[str, str]:
@@ -432,6 +586,8 @@ class StageWriter:
         shard: this process's rank and world size.
         chunk_size: kept records per Parquet part.
         merge_timeout: seconds rank 0 waits for the other ranks' markers.
+        finish_manifest: called on rank 0 with the manifest and every rank's ``extra`` (set by the stage before the
+            writer closes, e.g. media store counts) just before the manifest is written.
     """
 
     def __init__(
@@ -444,6 +600,7 @@ class StageWriter:
         shard: Shard | None = None,
         chunk_size: int = 10_000,
         merge_timeout: float = 24 * 3600,
+        finish_manifest: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -454,6 +611,8 @@ class StageWriter:
         self.shard = shard or Shard()
         self.chunk_size = chunk_size
         self.merge_timeout = merge_timeout
+        self.finish_manifest = finish_manifest
+        self.extra: dict[str, Any] = {}  # this rank's stage-specific facts, saved in its marker
         self.counts = Counts()
         self.domains: dict[str, int] = {}
         self.fingerprints = fingerprint_inputs(self.inputs)
@@ -664,6 +823,7 @@ class StageWriter:
                 "counts": self.counts.as_dict(),
                 "domains": self.domains,
                 "seconds": round(seconds, 3),
+                "extra": self.extra,
             }
             write_json_atomic(self.marker, marker)
             self.done = True
@@ -713,6 +873,8 @@ class StageWriter:
             "versions": package_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if self.finish_manifest is not None:
+            self.finish_manifest(manifest, [m.get("extra") or {} for m in markers])
         write_json_atomic(self.out / "manifest.json", manifest)
         write_json_atomic(self.out / "stats.json", stats)
         self.stats = stats

@@ -1,8 +1,9 @@
 """Models: load a VLM and its processor, freeze the vision tower, choose LoRA targets, build a tiny offline model.
 
-Qwen2.5-VL in transformers 5 is laid out as ``model.model.visual`` (``patch_embed``, ``blocks``, ``merger``),
-``model.model.language_model`` and ``model.lm_head``; the helpers below rely on that layout and raise when a model
-does not have it instead of silently freezing nothing.
+Every supported family (``postvl.families``) is laid out in transformers 5 as ``model.model.visual`` (``patch_embed``,
+Qwen3-VL's ``pos_embed``, ``blocks``, ``merger``, Qwen3-VL's ``deepstack_merger_list``), ``model.model.language_model``
+and ``model.lm_head``; the freezing, LoRA and parameter-table helpers take the module names from the model's family
+and raise for a model of no supported family instead of silently freezing nothing.
 
 Heavy imports (torch, transformers, peft) happen inside the functions so that importing this module is cheap.
 """
@@ -183,37 +184,65 @@ def vision_tower(model: Any) -> Any:
         if obj is not None:
             return obj
     raise ValueError(
-        f"{type(model).__name__} has no vision tower at model.visual: postvl knows the Qwen2-VL/Qwen2.5-VL layout"
+        f"{type(model).__name__} has no vision tower at model.visual: postvl knows the Qwen2-VL, Qwen2.5-VL and "
+        "Qwen3-VL layout"
     )
 
 
-def freeze_vision(model: Any, *, train_merger: bool = True, unfreeze_last_n_blocks: int = 0) -> list[str]:
-    """Freeze the vision encoder as in the Qwen2.5-VL report (patch embedding + blocks).
+def freeze_vision(
+    model: Any,
+    *,
+    train_merger: bool = True,
+    train_deepstack_mergers: bool | None = None,
+    unfreeze_last_n_blocks: int = 0,
+) -> list[str]:
+    """Freeze the vision encoder as in the Qwen2.5-VL report: "ViT frozen" is patch embedding, position embedding
+    (Qwen3-VL) and blocks; the projectors into the language model are switched separately.
 
     Args:
-        model: a Qwen2-VL / Qwen2.5-VL model (or a peft wrapper of one).
+        model: a model of a supported family (or a peft wrapper of one).
         train_merger: keep the patch merger (the vision-to-language projector) trainable.
+        train_deepstack_mergers: keep Qwen3-VL's DeepStack mergers (``deepstack_merger_list``, projecting
+            intermediate ViT layers into the first decoder layers) trainable; ``None`` follows ``train_merger``.
+            Peers differ: LLaMA-Factory freezes them with the ViT, ms-swift and vLLM's LoRA mapping count them with
+            the merger as the connector. Ignored for families without DeepStack.
         unfreeze_last_n_blocks: keep the last N vision blocks trainable.
 
     Returns:
         The fully qualified names of the parameters this call froze, in model order.
+
+    Raises:
+        UnsupportedFamilyError: the model belongs to no supported family.
+        ValueError: the tower lacks a part its family names, or has a parameter outside the known parts.
     """
+    from postvl.families import get_family
+
     visual = vision_tower(model)
-    blocks = getattr(visual, "blocks", None)
-    if blocks is None:
-        raise ValueError("the vision tower has no `blocks`; cannot apply unfreeze_last_n_blocks")
+    names = get_family(model).modules
+    for part in (*names.vision_frozen_parts(), *names.projector_parts()):
+        if getattr(visual, part, None) is None:
+            raise ValueError(f"the vision tower has no `{part}`, which its family ({get_family(model).title}) has")
+    blocks = getattr(visual, names.blocks)
     if not 0 <= unfreeze_last_n_blocks <= len(blocks):
         raise ValueError(f"unfreeze_last_n_blocks={unfreeze_last_n_blocks} outside 0..{len(blocks)}")
-    keep = {f"blocks.{i}." for i in range(len(blocks) - unfreeze_last_n_blocks, len(blocks))}
+    if train_deepstack_mergers is None:
+        train_deepstack_mergers = train_merger
+    keep = {f"{names.blocks}.{i}." for i in range(len(blocks) - unfreeze_last_n_blocks, len(blocks))}
     if train_merger:
-        keep.add("merger.")
+        keep.add(f"{names.merger}.")
+    if names.deepstack_mergers and train_deepstack_mergers:
+        keep.add(f"{names.deepstack_mergers}.")
+    known = tuple(f"{p}." for p in (*names.vision_frozen_parts(), *names.projector_parts()))
     visual_ids = {id(p): n for n, p in visual.named_parameters()}
     frozen: list[str] = []
     for name, param in model.named_parameters():
         local = visual_ids.get(id(param))
         if local is None:
             continue
-        if any(local.startswith(prefix) for prefix in keep):
+        # a peft modules_to_save wrapper keeps the part's name in front (merger.modules_to_save.default....)
+        if not local.startswith(known):
+            raise ValueError(f"vision parameter {name} is in no part postvl knows how to freeze or train")
+        if local.startswith(tuple(keep)):
             param.requires_grad_(True)
         else:
             param.requires_grad_(False)
@@ -221,6 +250,22 @@ def freeze_vision(model: Any, *, train_merger: bool = True, unfreeze_last_n_bloc
     if not frozen:
         raise ValueError("freeze_vision froze nothing: the vision tower has no parameters outside the kept groups")
     return frozen
+
+
+def projector_modules(model: Any, *, train_merger: bool, train_deepstack_mergers: bool | None = None) -> list[str]:
+    """peft ``modules_to_save`` names of the projectors that train with LoRA (the merger, Qwen3-VL's DeepStack
+    mergers), as switched for :func:`freeze_vision`."""
+    from postvl.families import get_family
+
+    names = get_family(model).modules
+    if train_deepstack_mergers is None:
+        train_deepstack_mergers = train_merger
+    out = [names.merger] if train_merger else []
+    if names.deepstack_mergers and train_deepstack_mergers:
+        # one entry per merger: peft wraps each module it saves, and a wrapped ModuleList could not be indexed
+        count = len(getattr(vision_tower(model), names.deepstack_mergers))
+        out += [f"{names.deepstack_mergers}.{i}" for i in range(count)]
+    return out
 
 
 LANGUAGE_MODEL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -263,6 +308,35 @@ def assert_no_vision_targets(module_names: list[str]) -> None:
         raise ValueError(f"LoRA would touch the vision tower: {bad[:5]}{' ...' if len(bad) > 5 else ''}")
 
 
+def lora_expert_parameters(model: Any) -> list[str]:
+    """peft ``target_parameters`` for the packed experts of an MoE language model (Qwen3-VL-MoE).
+
+    The experts of every MoE layer are one module holding 3-D parameters (``gate_up_proj``: experts x 2*inter x
+    hidden, ``down_proj``), not ``nn.Linear`` layers, so ``target_modules`` never reaches them: by default LoRA
+    adapts attention (and any dense MLP) while experts and routers stay frozen. These names make peft (>= 0.17) wrap
+    each packed parameter and add a rank-r update per expert (stored as one ``lora_A`` / ``lora_B`` of rank
+    ``r * num_experts``).
+
+    Raises:
+        ValueError: the model's family has no experts.
+    """
+    from postvl.families import get_family
+
+    family = get_family(model)
+    if not family.modules.experts:
+        raise ValueError(f"{family.title} has no mixture-of-experts layers to put LoRA on")
+    suffixes = sorted(
+        {
+            f"{family.modules.experts}.{name.rsplit('.', 1)[-1]}"
+            for name, _ in model.named_parameters()
+            if ".language_model." in f".{name}" and f".{family.modules.experts}." in name and "lora_" not in name
+        }
+    )
+    if not suffixes:
+        raise ValueError(f"no packed expert parameters found under the language model of {type(model).__name__}")
+    return suffixes
+
+
 def apply_lora(
     model: Any,
     *,
@@ -271,15 +345,24 @@ def apply_lora(
     dropout: float = 0.05,
     targets: list[str] | str = "all-linear",
     modules_to_save: list[str] | None = None,
+    experts: bool = False,
 ) -> Any:
-    """Wrap ``model`` with a peft LoRA adapter on the language model only; returns the ``PeftModel``."""
+    """Wrap ``model`` with a peft LoRA adapter on the language model only; returns the ``PeftModel``.
+
+    ``experts``: also adapt the packed MoE experts (see :func:`lora_expert_parameters`); needs ``dropout=0``, since
+    peft cannot apply dropout to a LoRA on a parameter.
+    """
     from peft import LoraConfig, get_peft_model
+
+    if experts and dropout:
+        raise ValueError(f"LoRA on the packed MoE experts needs dropout 0 (peft's parameter LoRA), got {dropout}")
 
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=lora_target_regex(model, targets),
+        target_parameters=lora_expert_parameters(model) if experts else None,
         modules_to_save=modules_to_save,
         task_type="CAUSAL_LM",
     )
@@ -304,29 +387,64 @@ class GroupCount:
         return self.trainable + self.frozen
 
 
+PARAMETER_GROUPS = (
+    "vision patch embed",
+    "vision pos embed",
+    "vision blocks",
+    "merger",
+    "deepstack mergers",
+    "language model",
+    "moe experts",
+    "moe router",
+    "lm head",
+    "lora",
+)
+
+
 def parameter_groups(model: Any) -> list[GroupCount]:
-    """Count trainable and frozen parameters per group: vision blocks, merger, language model, lm head, LoRA."""
-    counts: OrderedDict[str, list[int]] = OrderedDict(
-        (g, [0, 0]) for g in ("vision patch embed", "vision blocks", "merger", "language model", "lm head", "lora")
-    )
-    for name, param in model.named_parameters():
-        group = _group_of(name)
+    """Count trainable and frozen parameters per group (rows of :data:`PARAMETER_GROUPS` the model has).
+
+    Vision rows follow the family's module names: patch embedding, position embedding (Qwen3-VL), blocks, merger,
+    DeepStack mergers (Qwen3-VL); MoE language models (Qwen3-VL-MoE) split out their packed experts and routers.
+
+    Raises:
+        UnsupportedFamilyError: the model belongs to no supported family.
+    """
+    counts: OrderedDict[str, list[int]] = OrderedDict((g, [0, 0]) for g in PARAMETER_GROUPS)
+    params = dict(model.named_parameters())
+    for name, group in parameter_group_names(model).items():
+        param = params[name]
         counts.setdefault(group, [0, 0])[0 if param.requires_grad else 1] += param.numel()
     return [GroupCount(g, t, f) for g, (t, f) in counts.items() if t + f]
 
 
-def _group_of(name: str) -> str:
+def parameter_group_names(model: Any) -> dict[str, str]:
+    """Each parameter's name -> its row of the parameter table (see :func:`parameter_groups`)."""
+    from postvl.families import get_family
+
+    names = get_family(model).modules
+    vision_rows = {names.patch_embed: "vision patch embed", names.blocks: "vision blocks", names.merger: "merger"}
+    if names.pos_embed:
+        vision_rows[names.pos_embed] = "vision pos embed"
+    if names.deepstack_mergers:
+        vision_rows[names.deepstack_mergers] = "deepstack mergers"
+    return {name: _group_of(name, vision_rows, names.experts) for name, _ in model.named_parameters()}
+
+
+def _group_of(name: str, vision_rows: dict[str, str], experts: str | None) -> str:
     if "lora_" in name:
         return "lora"
-    if ".visual." in f".{name}":
-        if ".merger." in name:
-            return "merger"
-        if ".blocks." in name:
-            return "vision blocks"
-        return "vision patch embed"
+    dotted = f".{name}"
+    if ".visual." in dotted:
+        part = dotted.split(".visual.", 1)[1].split(".", 1)[0]
+        return vision_rows.get(part, "vision other")
     if "lm_head" in name:
         return "lm head"
     if "language_model" in name or "embed_tokens" in name:
+        if experts and f".mlp.{experts}." in dotted:
+            return "moe experts"
+        if experts and ".mlp.gate." in dotted:
+            return "moe router"
         return "language model"
     return "other"
 

@@ -6,9 +6,12 @@ Stages run in order, each a separate process (``accelerate launch`` with the sta
 ``python -m postvl.cli``) fed the previous stage's folder::
 
     RUN_DIR/raw/            synthetic inputs (when the config asks for them)
-    RUN_DIR/model/          a tiny offline model (when the config asks for one)
-    RUN_DIR/01_build/ 02_tag/ 03_filter/ 04_sample/     data stages (stage contract: data/, stats.json, manifest.json)
-    RUN_DIR/05_sft/ 06_dpo/                             training stages (checkpoints, adapter, merged/)
+    RUN_DIR/model/          a tiny offline model or the demo's base model (when the config asks for one)
+    RUN_DIR/01_build/ 02_split/ 03_tag/ 04_filter/ 05_sample/   data stages (stage contract: data/, stats.json,
+                                                                manifest.json); 02_split/eval/ is the held-out split
+    RUN_DIR/06_sft/ 07_dpo/                                     training stages (checkpoints, adapter, merged/)
+    RUN_DIR/08_eval/                                            the base model, SFT and DPO side by side on the
+                                                                held-out split (eval.json, eval.png)
     RUN_DIR/logs/<stage>.log                            each stage's full output
     RUN_DIR/<stage>/pipeline_stage.json                 written last: the key the stage ran with, its command, time
 
@@ -37,8 +40,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("build", "tag", "filter", "sample", "sft", "dpo")
-DATA_STAGES = ("build", "tag", "filter", "sample")
+STAGES = ("build", "split", "tag", "filter", "sample", "sft", "dpo", "eval")
+DATA_STAGES = ("build", "split", "tag", "filter", "sample")
+TRAINING_STAGES = ("sft", "dpo")
 MARKER = "pipeline_stage.json"
 
 
@@ -67,9 +71,12 @@ class PipelineConfig:
         run_dir: the run folder (``--run-dir`` overrides it).
         inputs: raw files / folders for ``build``; ``{run_dir}`` is replaced by the run folder.
         model: the base model (hub id or folder) for sampling and SFT; ``{run_dir}`` is replaced.
-        synth: ``{n, seed}``: first write a synthetic dataset to ``RUN_DIR/raw`` (``postvl synth``).
-        tiny_model: ``{vocab, seed}``: first write a tiny offline model to ``RUN_DIR/model`` (``postvl tiny-model``).
-        stages: per-stage settings, keyed by ``build``, ``tag``, ``filter``, ``sample``, ``sft``, ``dpo``.
+        synth: ``{n, seed, defect_rate, pairs, kinds}``: first write a synthetic dataset to ``RUN_DIR/raw``
+            (``postvl synth``; keys left out take its defaults).
+        tiny_model: ``{vocab, seed}``: first write a tiny offline model to ``model`` (``postvl tiny-model``).
+        base_model: ``{seed, n, steps}``: first write the demo's base model to ``model`` (``postvl demo-model``).
+        stages: per-stage settings, keyed by ``build``, ``split``, ``tag``, ``filter``, ``sample``, ``sft``, ``dpo``,
+            ``eval``.
     """
 
     run_dir: str
@@ -77,6 +84,7 @@ class PipelineConfig:
     model: str
     synth: dict[str, Any] | None = None
     tiny_model: dict[str, Any] | None = None
+    base_model: dict[str, Any] | None = None
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
     @classmethod
@@ -97,6 +105,10 @@ class PipelineConfig:
         for key in ("inputs", "model"):
             if key not in raw:
                 errors.append(f"{key!r} is required")
+        if raw.get("tiny_model") is not None and raw.get("base_model") is not None:
+            errors.append("give tiny_model or base_model, not both (both write the model folder)")
+        if "eval" in stages and stages["eval"].enabled and not (stages.get("split") or StageConfig(False)).enabled:
+            errors.append("stage 'eval' needs stage 'split' (the held-out split it evaluates on)")
         if errors:
             raise ValueError(f"{path}: " + "; ".join(errors))
         run = str(run_dir or raw.get("run_dir") or "runs/" + Path(path).stem)
@@ -107,6 +119,7 @@ class PipelineConfig:
             model=fill(raw["model"]),
             synth=raw.get("synth"),
             tiny_model=raw.get("tiny_model"),
+            base_model=raw.get("base_model"),
             stages={n: stages.get(n, StageConfig(enabled=False)) for n in STAGES},
         )
 
@@ -143,24 +156,63 @@ def postvl_args(cfg: PipelineConfig, name: str) -> list[str]:
     source = str(stage_dir(cfg.run_dir, prev)) if prev else None
     if name == "build":
         return ["build", *cfg.inputs, "--out", out, "--model", cfg.model, *own]
-    if name in ("tag", "filter"):
+    if name in ("split", "tag", "filter"):
         return [name, _need(source, name), "--out", out, *own]
     if name == "sample":
         return ["sample", _need(source, name), "--out", out, "--model", cfg.model, *own]
     if name == "sft":
         return ["sft", *own, "--model_name_or_path", cfg.model, "--datasets", _need(source, name), "--output_dir", out]
     if name == "dpo":
-        # pairs from rejection sampling, plus preference records that came in with the raw data (built, tagged
-        # and filtered with the rest); a folder without pairs is skipped by the DPO stage
-        sft = stage_dir(cfg.run_dir, "sft")
-        if not cfg.stages["sft"].enabled:
-            start = cfg.model
-        else:
-            start = str(sft / "merged") if (sft / "merged").is_dir() else str(sft)
-        before = previous_data_stage(cfg, "sample")
-        pairs = [str(stage_dir(cfg.run_dir, s)) for s in ("sample", before) if s and cfg.stages[s].enabled]
-        return ["dpo", *own, "--model_name_or_path", start, "--datasets", *_need_all(pairs, name), "--output_dir", out]
+        start = trained_model(cfg, "sft") if cfg.stages["sft"].enabled else cfg.model
+        return [
+            "dpo",
+            *own,
+            "--model_name_or_path",
+            start,
+            "--datasets",
+            *training_data(cfg, "dpo"),
+            "--output_dir",
+            out,
+        ]
+    if name == "eval":
+        held_out = str(stage_dir(cfg.run_dir, "split") / "eval")
+        models = [f"base={cfg.model}"]
+        models += [f"{s}={trained_model(cfg, s)}" for s in TRAINING_STAGES if cfg.stages[s].enabled]
+        trained = [d for s in TRAINING_STAGES if cfg.stages[s].enabled for d in training_data(cfg, s)]
+        trained += base_model_data(cfg)
+        args = ["eval", held_out, "--out", out, *own]
+        for model in models:
+            args += ["--model", model]
+        return args + (["--train", *dict.fromkeys(trained)] if trained else [])
     raise ValueError(f"unknown stage {name!r}")
+
+
+def trained_model(cfg: PipelineConfig, name: str) -> str:
+    """The model a training stage leaves: its merged model when it trained an adapter, else its folder."""
+    out = stage_dir(cfg.run_dir, name)
+    return str(out / "merged") if (out / "merged").is_dir() else str(out)
+
+
+def training_data(cfg: PipelineConfig, name: str) -> list[str]:
+    """The data folders a training stage reads.
+
+    SFT: the last data stage. DPO: the pairs from rejection sampling plus the preference records that came in with
+    the raw data (built, split, tagged and filtered with the rest); a folder without pairs is skipped by DPO.
+    """
+    if name == "sft":
+        return [_need(str(stage_dir(cfg.run_dir, s)) if (s := previous_data_stage(cfg, "sft")) else None, name)]
+    before = previous_data_stage(cfg, "sample")
+    pairs = [str(stage_dir(cfg.run_dir, s)) for s in ("sample", before) if s and cfg.stages[s].enabled]
+    return _need_all(pairs, name)
+
+
+def base_model_data(cfg: PipelineConfig) -> list[str]:
+    """What the demo's base model was trained on (``demo_base.json`` of ``postvl demo-model``), if it says."""
+    note = Path(cfg.model) / "demo_base.json"
+    if not note.is_file():
+        return []
+    folder = json.loads(note.read_text()).get("trained_on")
+    return [str(folder)] if folder and Path(folder).is_dir() else []
 
 
 def _need(source: str | None, name: str) -> str:
@@ -198,11 +250,12 @@ def stage_key(cfg: PipelineConfig, name: str, upstream_key: str) -> str:
         "config": _file_text(spec.config),
         "upstream": upstream_key,
     }
+    if name in ("build", "eval"):
+        parts["model"] = _dir_fingerprint(cfg.model)
     if name == "build":
         from postvl.io import fingerprint_inputs, list_inputs
 
         parts["inputs"] = fingerprint_inputs(list_inputs(cfg.inputs))
-        parts["model"] = _dir_fingerprint(cfg.model)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -324,6 +377,16 @@ def _prepare(cfg: PipelineConfig, run_dir: Path) -> None:
             "--seed",
             str(cfg.synth.get("seed", 0)),
         ]
+        for key in ("defect_rate", "pairs", "kinds"):
+            if cfg.synth.get(key) is not None:
+                value = cfg.synth[key]
+                args += [f"--{key.replace('_', '-')}", ",".join(value) if isinstance(value, list) else str(value)]
+        subprocess.run([sys.executable, "-m", "postvl.cli", *args], check=True)
+    if cfg.base_model is not None and not (Path(cfg.model) / "config.json").is_file():
+        args = ["demo-model", cfg.model]
+        for key in ("seed", "n", "steps"):
+            if key in cfg.base_model:
+                args += [f"--{key}", str(cfg.base_model[key])]
         subprocess.run([sys.executable, "-m", "postvl.cli", *args], check=True)
     if cfg.tiny_model is not None and not (Path(cfg.model) / "config.json").is_file():
         args = [
@@ -350,6 +413,36 @@ def summary_table(results: list[StageResult], run_dir: str | Path) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
 
 
+def eval_summary(run_dir: str | Path) -> str:
+    """The eval stage's accuracy per model (base, sft, dpo) overall and by domain, or ``""`` without one."""
+    path = stage_dir(run_dir, "eval") / "eval.json"
+    if not path.is_file():
+        return ""
+    report = json.loads(path.read_text())
+    models = report.get("order") or list(report["models"])
+    first = report["models"][models[0]]
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    rows = [("held-out accuracy (%)", "questions", *models)]
+    rows.append(
+        ("all", str(first["overall"]["questions"]), *(pct(report["models"][m]["overall"]["accuracy"]) for m in models))
+    )
+    rows.append((f"pass@{report['k']}", "", *(pct(report["models"][m]["overall"]["pass@k"]) for m in models)))
+    for domain, g in first["by_domain"].items():
+        cells = [pct(report["models"][m]["by_domain"].get(domain, {}).get("accuracy")) for m in models]
+        rows.append((f"  {domain}", str(g["questions"]), *cells))
+    ov = report["overlap"]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    ]
+    lines.append(
+        f"(k={report['k']} samples per question at temperature {report['temperature']}; eval records dropped for "
+        f"overlap with training: {ov['reasons']['exact_overlap']} exact, {ov['reasons']['near_overlap']} near, "
+        f"{ov['reasons']['eval_duplicate']} duplicated within eval)"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="postvl run", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="pipeline YAML (configs/pipeline/*.yaml)")
@@ -366,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{err}", file=sys.stderr)
         return 1
     print("\n" + summary_table(results, cfg.run_dir))
+    accuracy = eval_summary(cfg.run_dir)
+    if accuracy:
+        print("\n" + accuracy)
     return 0
 
 

@@ -4,8 +4,9 @@
 
 The page reads only what the stages wrote (``stats.json``, ``manifest.json``, ``data/*.parquet``, trainer states)
 and embeds every plot and image (base64), so it opens offline and can be mailed around: the funnel (records in and
-out per stage and reason), the domain distribution, score histograms, sampling pass rates, SFT and DPO curves, and
-sample records with their images and the spans they train on.
+out per stage and reason), the domain distribution, score histograms, sampling pass rates, SFT and DPO curves, the
+held-out accuracy of the base model, SFT and DPO side by side, and sample records with their images and the spans
+they train on.
 """
 
 from __future__ import annotations
@@ -225,6 +226,34 @@ def record_html(record: dict[str, Any], media_root: Path | None) -> str:
     )
 
 
+def eval_section(folder: Path) -> tuple[str, list[str]]:
+    """The held-out evaluation: the models side by side (``postvl eval``'s table), its plot and the overlap check."""
+    from postvl.evaluation.stage import summary_rows
+
+    report = read_json(folder / "eval.json")
+    rows = summary_rows(report)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+    png = folder / "eval.png"
+    ov = report["overlap"]
+    reasons = ov["reasons"]
+    note = (
+        f"<p>{report['questions']} held-out questions, k={report['k']} samples each at temperature "
+        f"{report['temperature']}; accuracy is the share of correct samples (pass@1). Eval records dropped for "
+        f"overlap with the {ov['train_records']} training records: {reasons['exact_overlap']} exact, "
+        f"{reasons['near_overlap']} near, {reasons['eval_duplicate']} duplicated within the eval split.</p>"
+    )
+    section = (
+        f"<h2>Evaluation (held-out split)</h2>{note}<table><tr>{head}</tr>{body}</table>"
+        + (_img(png.read_bytes(), "eval accuracy") if png.is_file() else "")
+    )
+    models = report.get("order") or list(report["models"])
+    accuracy = ", ".join(
+        f"{name} {100 * (report['models'][name]['overall']['accuracy'] or 0):.1f}%" for name in models
+    )
+    return section, [f"  held-out accuracy: {accuracy} ({report['questions']} questions)"]
+
+
 def build_report(run_dir: str | Path, *, samples: int = 6) -> tuple[str, str]:
     """Return ``(html, terminal_summary)`` for a run folder."""
     run = Path(run_dir)
@@ -262,20 +291,25 @@ def build_report(run_dir: str | Path, *, samples: int = 6) -> tuple[str, str]:
             sections.append(f"<h2>Scores</h2>{_img(histograms_png(scores), 'score histograms')}")
 
     if "sample" in folders:
-        stats = read_json(folders["sample"] / "stats.json")
-        sampling = stats.get("sampling") or {}
+        sampling = read_json(folders["sample"] / "sampling_stats.json")
+        overall = sampling.get("overall") or {}
         png = next(iter(sorted(folders["sample"].glob("*.png"))), None)
         body = "".join(
             f"<li>{html.escape(str(k))}: {html.escape(json.dumps(v))}</li>"
-            for k, v in sampling.items()
+            for k, v in {**overall, **sampling}.items()
             if not isinstance(v, dict | list)
         )
         sections.append(
             f"<h2>Rejection sampling</h2><ul>{body}</ul>" + (_img(png.read_bytes(), "pass rates") if png else "")
         )
         for k in ("pass@1", "pass@k"):
-            if k in sampling:
-                lines.append(f"  sampling {k}: {sampling[k]}")
+            if overall.get(k) is not None:
+                lines.append(f"  sampling {k}: {overall[k]:.3f}")
+
+    if "eval" in folders and (folders["eval"] / "eval.json").is_file():
+        section, summary = eval_section(folders["eval"])
+        sections.append(section)
+        lines += summary
 
     for name in ("sft", "dpo"):
         if name in folders:

@@ -26,7 +26,7 @@ def test_sft_configs_parse_into_trl_and_postvl_dataclasses(path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     from postvl.sft.main import make_parser
 
-    data, vision, output, args, model_args = make_parser().parse_args_and_config(
+    data, vision, _head, output, args, model_args = make_parser().parse_args_and_config(
         ["--config", str(path), "--use_cpu", "true", "--bf16", "false"]
     )
     assert data.datasets and args.max_length and model_args.model_name_or_path
@@ -38,7 +38,7 @@ def test_dpo_configs_parse_into_trl_and_postvl_dataclasses(path):
     from postvl.dpo.main import make_parser
 
     parsed = make_parser().parse_args_and_config(["--config", str(path), "--use_cpu", "true", "--bf16", "false"])
-    data, vision, dpo, output, args, model_args = parsed
+    data, vision, dpo, _head, output, args, model_args = parsed
     assert data.datasets and model_args.model_name_or_path and vision.freeze_vision
     assert args.num_train_epochs == 1  # the report's DPO: one pass over the data
 
@@ -79,8 +79,16 @@ def test_pipeline_configs_load(path):
     assert cfg.inputs and any(stage.enabled for stage in cfg.stages.values())
 
 
+@pytest.mark.parametrize("path", _all("eval/**/*.yaml"), ids=lambda p: p.name)
+def test_eval_configs_load(path):
+    from postvl.evaluation.stage import load_config
+
+    cfg = load_config(path, inputs=("runs/x/02_split/eval",), out="runs/x/08_eval", models=("base=runs/x/model",))
+    assert cfg.k >= 1 and cfg.max_tokens < cfg.max_model_len
+
+
 def test_every_config_is_covered_by_a_test_above():
-    covered = {"sft", "dpo", "sampling", "filters", "pipeline", "accelerate"}
+    covered = {"sft", "dpo", "sampling", "filters", "pipeline", "accelerate", "eval"}
     for path in _all("**/*.yaml"):
         rel = path.relative_to(CONFIGS)
         assert rel.parts[0] in covered or rel.name == "taxonomy.yaml", rel

@@ -287,3 +287,23 @@ def test_kept_arrow_rows_and_row_dicts_keep_their_order_in_exact_parts(tmp_path)
     assert back[3]["meta"] == {"source": "x.jsonl:3", "domain": None} and back[4]["meta"]["domain"] == "math"
     stats = read_stats(out)
     assert (stats["total"], stats["kept"]) == (12, 12) and stats["domains"] == {"math": 8}
+
+
+def test_hub_names_and_globs(tmp_path):
+    from postvl.io import HubSpec
+
+    spec = HubSpec.parse("hf://HuggingFaceM4/the_cauldron:ai2d@train[:100]")
+    assert (spec.path, spec.config, spec.split) == ("HuggingFaceM4/the_cauldron", "ai2d", "train[:100]")
+    assert HubSpec.parse("hf://owner/name") == HubSpec("owner/name")
+    assert HubSpec.parse("hf:///data/my_set@test") == HubSpec("/data/my_set", None, "test")
+    assert str(spec) == "hf://HuggingFaceM4/the_cauldron:ai2d@train[:100]"
+    with pytest.raises(ValueError, match="give a dataset"):
+        list_inputs(["hf://"])
+    assert [f.kind for f in list_inputs(["hf://owner/name@train"])] == ["hf"]
+    for i in range(3):
+        (tmp_path / f"train-0000{i}-of-00003.parquet").write_bytes(b"")
+    (tmp_path / "test-00000-of-00001.parquet").write_bytes(b"")
+    found = list_inputs([str(tmp_path / "train-*.parquet")])
+    assert [Path(f.path).name for f in found] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        list_inputs([str(tmp_path / "valid-*.parquet")])

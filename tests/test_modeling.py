@@ -135,7 +135,7 @@ def test_load_model_and_processor_from_directory_with_pixel_limits(tiny_model_sm
 
 def _visual_names(model) -> dict[str, str]:
     """Parameter name -> group for the vision tower."""
-    return {n: modeling._group_of(n) for n, _ in model.named_parameters() if ".visual." in f".{n}"}
+    return {n: g for n, g in modeling.parameter_group_names(model).items() if ".visual." in f".{n}"}
 
 
 def test_freeze_vision_defaults_freeze_patch_embed_and_blocks_not_merger(tiny_model_small):

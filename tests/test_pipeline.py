@@ -100,12 +100,12 @@ def test_commands_chain_stage_folders(tmp_path):
         "filter",
         f"{run}/01_build",
         "--out",
-        f"{run}/03_filter",
+        f"{run}/04_filter",
         "--config",
         "f.yaml",
     ]
     # tag is disabled: sft reads filter's output
-    assert pipeline.postvl_args(cfg, "sft")[-4:] == ["--datasets", f"{run}/03_filter", "--output_dir", f"{run}/05_sft"]
+    assert pipeline.postvl_args(cfg, "sft")[-4:] == ["--datasets", f"{run}/04_filter", "--output_dir", f"{run}/06_sft"]
     assert not cfg.stages["tag"].enabled
     k1 = pipeline.stage_key(cfg, "filter", "up")
     assert k1 == pipeline.stage_key(cfg, "filter", "up")
@@ -138,7 +138,7 @@ def test_a_failing_stage_names_its_command_and_log(tmp_path, tiny_model_small, c
     assert "stage 'sft' failed" in err and "re-run it alone:" in err and "-m postvl.cli sft" in err
     log = tmp_path / "run" / "logs" / "sft.log"
     assert f"log: {log}" in err and "lerning_rate" in log.read_text()
-    assert not (tmp_path / "run" / "05_sft" / pipeline.MARKER).exists()
+    assert not (tmp_path / "run" / "06_sft" / pipeline.MARKER).exists()
 
 
 @pytest.mark.slow
@@ -154,7 +154,7 @@ def test_kill_9_mid_stage_then_rerun_matches_an_uninterrupted_run(tmp_path, tiny
 
     cmd = [sys.executable, "-m", "postvl.cli", "run", str(kill_cfg)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    sft_dir = killed_dir / "run" / "05_sft"
+    sft_dir = killed_dir / "run" / "06_sft"
     deadline = time.time() + 300
     while not (sft_dir / "checkpoint-4" / "trainer_state.json").is_file():
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -169,14 +169,62 @@ def test_kill_9_mid_stage_then_rerun_matches_an_uninterrupted_run(tmp_path, tiny
     assert [(r.name, r.status) for r in results if r.status != "disabled"] == [("build", "skipped"), ("sft", "ran")]
     assert "--resume_from_checkpoint" in (killed_dir / "run" / "logs" / "sft.log").read_text()
 
-    ref_state = json.loads((reference_dir / "run/05_sft" / f"checkpoint-{steps}/trainer_state.json").read_text())
+    ref_state = json.loads((reference_dir / "run/06_sft" / f"checkpoint-{steps}/trainer_state.json").read_text())
     new_state = json.loads((sft_dir / f"checkpoint-{steps}/trainer_state.json").read_text())
     ref_losses = [h["loss"] for h in ref_state["log_history"] if "loss" in h]
     new_losses = [h["loss"] for h in new_state["log_history"] if "loss" in h]
     assert len(new_losses) == len(ref_losses) == steps
     assert new_losses == pytest.approx(ref_losses, rel=1e-5)
-    a = load_file(reference_dir / "run/05_sft/adapter_model.safetensors")
+    a = load_file(reference_dir / "run/06_sft/adapter_model.safetensors")
     b = load_file(sft_dir / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_split_feeds_tag_and_eval_compares_base_sft_and_dpo_on_the_held_out_split(tmp_path):
+    cfg_path = tmp_path / "p.yaml"
+    stages = {"build": {}, "split": {"args": ["--eval-fraction", "0.25"]}, "tag": {}, "filter": {}, "sample": {},
+              "sft": {}, "dpo": {}, "eval": {"config": "e.yaml"}}
+    cfg_path.write_text(yaml.safe_dump({"inputs": ["raw.jsonl"], "model": "{run_dir}/model", "stages": stages}))
+    run = str(tmp_path / "r")
+    cfg = pipeline.PipelineConfig.from_yaml(cfg_path, run_dir=run)
+    assert pipeline.postvl_args(cfg, "split") == ["split", f"{run}/01_build", "--out", f"{run}/02_split",
+                                                  "--eval-fraction", "0.25"]
+    assert pipeline.postvl_args(cfg, "tag")[:2] == ["tag", f"{run}/02_split"]
+    (Path(run) / "06_sft" / "merged").mkdir(parents=True)  # SFT trained an adapter and merged it; DPO did not
+    base_data = Path(run) / "model" / "_base" / "build"
+    base_data.mkdir(parents=True)
+    (Path(run) / "model" / "demo_base.json").write_text(json.dumps({"trained_on": str(base_data)}))
+    assert pipeline.postvl_args(cfg, "eval") == [
+        "eval", f"{run}/02_split/eval", "--out", f"{run}/08_eval", "--config", "e.yaml",
+        "--model", f"base={run}/model", "--model", f"sft={run}/06_sft/merged", "--model", f"dpo={run}/07_dpo",
+        "--train", f"{run}/05_sample", f"{run}/04_filter", str(base_data),
+    ]  # fmt: skip
+    # the eval stage re-runs when the base model changes
+    key = pipeline.stage_key(cfg, "eval", "up")
+    (Path(run) / "model" / "config.json").write_text("{}")
+    assert pipeline.stage_key(cfg, "eval", "up") != key
+    stages.pop("split")
+    cfg_path.write_text(yaml.safe_dump({"inputs": ["raw.jsonl"], "model": "m", "stages": stages}))
+    with pytest.raises(ValueError, match="stage 'eval' needs stage 'split'"):
+        pipeline.PipelineConfig.from_yaml(cfg_path)
+
+
+def test_eval_summary_shows_each_model_overall_and_by_domain(tmp_path):
+    folder = pipeline.stage_dir(tmp_path, "eval")
+    folder.mkdir(parents=True)
+    group = lambda q, acc: {"questions": q, "accuracy": acc, "pass@k": min(1.0, 2 * acc)}  # noqa: E731
+    models = {
+        name: {"overall": group(10, acc), "by_domain": {"math": group(4, acc / 2), "perception": group(6, acc)}}
+        for name, acc in (("base", 0.1), ("sft", 0.25), ("dpo", 0.3))
+    }
+    overlap = {"reasons": {"exact_overlap": 2, "near_overlap": 1, "eval_duplicate": 0}}
+    (folder / "eval.json").write_text(json.dumps({"models": models, "k": 8, "temperature": 1.0, "overlap": overlap}))
+    lines = pipeline.eval_summary(tmp_path).splitlines()
+    assert lines[0].split() == ["held-out", "accuracy", "(%)", "questions", "base", "sft", "dpo"]
+    assert lines[1].split() == ["all", "10", "10.0", "25.0", "30.0"]
+    assert lines[2].split() == ["pass@8", "20.0", "50.0", "60.0"]
+    assert lines[3].split() == ["math", "4", "5.0", "12.5", "15.0"]
+    assert "2 exact, 1 near" in lines[-1]
+    assert pipeline.eval_summary(tmp_path / "none") == ""

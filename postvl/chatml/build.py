@@ -1,9 +1,13 @@
 """The build loop: raw rows -> format adapter -> validation -> token count -> stage folder.
 
 ``run_build(cfg)`` streams the inputs (this rank's share under ``accelerate launch``), turns each row into a contract
-record or a rejection with a reason, and writes them with ``StageWriter``. With ``num_proc > 1`` the per-row work
-(adapter, media probing, tokenization) runs in a process pool over chunks of rows, in input order; counting, the
-duplicate-id check and writing stay in the main process.
+record or a rejection with a reason, and writes them with ``StageWriter``. When an input can carry embedded media
+(Parquet or saved datasets with binary columns, ``hf://`` datasets), the build writes them into the content-addressed
+store ``OUT/media/`` (``postvl.media_store``); the output folder is then the media root of its records, media files
+are linked into the store too, and the manifest's ``media`` entry says where the media came from.
+
+With ``num_proc > 1`` the per-row work (adapter, media probing and storing, tokenization) runs in a process pool over
+chunks of rows, in input order; counting, the duplicate-id check and writing stay in the main process.
 """
 
 from __future__ import annotations
@@ -11,16 +15,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postvl.chatml.formats import FORMATS, dataset_info_entries, record_id, to_draft
+from postvl.chatml.formats import FORMATS, dataset_info_entries, mapping_options, record_id, to_draft
 from postvl.chatml.validate import BuildContext, finish_record
 from postvl.families import FAMILIES, LEGACY_FAMILY, Family, get_family
-from postvl.io import InputFile, RawRow, Shard, StageWriter, iter_rows, list_inputs, shard_from_env
+from postvl.io import (
+    HUB_PREFIX,
+    InputFile,
+    RawRow,
+    Shard,
+    StageWriter,
+    iter_rows,
+    list_inputs,
+    may_embed_media,
+    shard_from_env,
+)
 from postvl.media import PixelConfig
+from postvl.media_store import DEFAULT_MAX_IMAGE_PIXELS, STORE_DIR, MediaStore, store_summary
 from postvl.records import RecordError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +49,8 @@ class BuildConfig:
     """Options of ``postvl build`` (see ``postvl build --help``).
 
     Attributes:
-        inputs: files, folders, saved datasets, or LLaMA-Factory ``dataset_info.json`` (``:name,name`` picks entries).
+        inputs: files, globs, folders, saved datasets, ``hf://OWNER/NAME[:CONFIG][@SPLIT]`` datasets, or LLaMA-Factory
+            ``dataset_info.json`` (``:name,name`` picks entries).
         out: the stage folder to write.
         format: one of ``FORMATS``; ``auto`` detects it per row.
         media_root: folder media paths are resolved against (default: the inputs' common folder).
@@ -47,6 +63,12 @@ class BuildConfig:
         allow_urls: keep http(s) media references instead of rejecting them.
         num_proc: worker processes for the per-record work.
         chunk_size: kept records per Parquet part.
+        streaming: read ``hf://`` datasets with ``load_dataset(..., streaming=True)``.
+        max_image_pixels: images whose header is larger are rejected (``media_too_large``) before any decoding.
+        mapping: a YAML file with a LLaMA-Factory-style column mapping (``formatting``, ``ranking``, ``columns``,
+            ``tags``) applied to every input that has no ``dataset_info.json`` entry.
+        columns, tags: the same mapping's ``columns`` / ``tags`` (override the file's keys).
+        formatting, ranking: the same mapping's ``formatting`` (``sharegpt`` | ``alpaca``) and ``ranking``.
     """
 
     inputs: tuple[str, ...]
@@ -62,9 +84,25 @@ class BuildConfig:
     allow_urls: bool = False
     num_proc: int = 1
     chunk_size: int = 10_000
+    streaming: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    mapping: str | None = None
+    columns: Mapping[str, str] | None = None
+    tags: Mapping[str, str] | None = None
+    formatting: str | None = None
+    ranking: bool | None = None
 
     def __post_init__(self) -> None:
         errors = []
+        if self.max_image_pixels < 1:
+            errors.append(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
+        if self.mapping is not None and not Path(self.mapping).is_file():
+            errors.append(f"mapping {self.mapping!r} is not a file")
+        else:
+            try:
+                self.adapter_options()
+            except ValueError as err:
+                errors.append(str(err))
         if not self.inputs:
             errors.append("give at least one input")
         if self.format not in FORMATS:
@@ -82,6 +120,29 @@ class BuildConfig:
         if errors:
             raise ValueError("postvl build: " + "; ".join(errors))
 
+    def adapter_options(self) -> dict[str, Any] | None:
+        """The column mapping (file, then command-line keys) as adapter options; ``None`` without one."""
+        given: dict[str, Any] = {}
+        if self.mapping is not None:
+            import yaml
+
+            loaded = yaml.safe_load(Path(self.mapping).read_text()) or {}
+            unknown = sorted(set(loaded) - {"formatting", "ranking", "columns", "tags"})
+            if unknown:
+                raise ValueError(
+                    f"mapping {self.mapping}: unknown keys {unknown}; use formatting, ranking, columns, tags"
+                )
+            given = dict(loaded)
+        for key in ("columns", "tags"):
+            value = getattr(self, key)
+            if value:
+                given[key] = {**(given.get(key) or {}), **dict(value)}
+        if self.formatting is not None:
+            given["formatting"] = self.formatting
+        if self.ranking is not None:
+            given["ranking"] = self.ranking
+        return mapping_options(**given) if given else None
+
 
 @dataclass
 class BuildResult:
@@ -96,11 +157,18 @@ class BuildResult:
 # Inputs
 
 
-def resolve_inputs(paths: Iterable[str]) -> list[InputFile]:
-    """``list_inputs`` plus LLaMA-Factory registries: ``dataset_info.json`` (every local entry),
-    ``dataset_info.json:a,b`` (the named entries) and a folder holding a ``dataset_info.json``."""
+def resolve_inputs(
+    paths: Iterable[str], *, streaming: bool = False, options: Mapping[str, Any] | None = None
+) -> list[InputFile]:
+    """``list_inputs`` plus LLaMA-Factory registries: ``dataset_info.json`` (every entry: local files and
+    ``hf_hub_url`` datasets), ``dataset_info.json:a,b`` (the named entries) and a folder holding a
+    ``dataset_info.json``. ``options`` (a column mapping) go to every input without a registry entry."""
     files: list[InputFile] = []
+    extra = {"streaming": streaming}
     for raw in paths:
+        if str(raw).startswith(HUB_PREFIX):
+            files += [dataclasses.replace(f, options=dict(options or {}), **extra) for f in list_inputs([raw])]
+            continue
         path, _, names = str(raw).partition(".json:")
         path = path + ".json" if names else str(raw)
         p = Path(path)
@@ -108,17 +176,18 @@ def resolve_inputs(paths: Iterable[str]) -> list[InputFile]:
         if info.is_file() and not (
             p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
         ):
-            for data, options in dataset_info_entries(info, names.split(",") if names else None):
-                files += [dataclasses.replace(f, options=options) for f in list_inputs([data])]
+            for data, entry in dataset_info_entries(info, names.split(",") if names else None):
+                files += [dataclasses.replace(f, options=entry, **extra) for f in list_inputs([data])]
         else:
-            files += list_inputs([path])
+            files += [dataclasses.replace(f, options=dict(options or {})) for f in list_inputs([path])]
     return files
 
 
-def default_media_root(inputs: list[InputFile]) -> Path:
-    """The deepest folder that holds every input; each input's relative media paths start from its own folder."""
-    folders = [str(Path(f.path).resolve().parent) for f in inputs]
-    return Path(os.path.commonpath(folders))
+def default_media_root(inputs: list[InputFile]) -> Path | None:
+    """The deepest folder that holds every local input (``None`` when all are ``hf://``); each input's relative
+    media paths start from its own folder."""
+    folders = [str(Path(f.path).resolve().parent) for f in inputs if f.kind != "hf"]
+    return Path(os.path.commonpath(folders)) if folders else None
 
 
 def resolve_family(cfg: BuildConfig, processor: Any | None = None) -> Family:
@@ -152,6 +221,33 @@ def resolve_pixels(cfg: BuildConfig, processor: Any | None) -> PixelConfig:
     return family.pixel_config(**overrides)
 
 
+@dataclass(frozen=True)
+class MediaRoots:
+    """Where a build's media live.
+
+    Attributes:
+        media_root: the root the records' paths are relative to (saved in the manifest; later stages use it).
+        files_root: the folder media files are resolved and confined in (``None``: only ``hf://`` inputs and no
+            ``--media-root``, so a path in a row cannot be resolved).
+        store: embedded media are written into ``media_root / "media"``; then ``media_root`` is the output folder.
+    """
+
+    media_root: str
+    files_root: str | None
+    store: bool
+
+
+def media_roots(cfg: BuildConfig, inputs: list[InputFile]) -> MediaRoots:
+    """The store is on when an input can carry embedded media; the output folder then is the records' media root."""
+    given = Path(cfg.media_root).resolve() if cfg.media_root else default_media_root(inputs)
+    files_root = str(given) if given is not None else None
+    if any(may_embed_media(item) for item in inputs):
+        return MediaRoots(media_root=str(Path(cfg.out).resolve()), files_root=files_root, store=True)
+    if files_root is None:  # unreachable: only hf:// inputs always embed
+        raise ValueError("postvl build: no local input and no --media-root")
+    return MediaRoots(media_root=files_root, files_root=files_root, store=False)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Per-record work
 
@@ -172,9 +268,17 @@ class Outcome:
 class RecordBuilder:
     """Turns raw rows into records; one per process (holds the media probe cache and the tokenizer)."""
 
-    def __init__(self, cfg: BuildConfig, media_root: str, pixels: PixelConfig) -> None:
+    def __init__(self, cfg: BuildConfig, roots: MediaRoots, pixels: PixelConfig) -> None:
         self.cfg = cfg
-        self.ctx = BuildContext(media_root=media_root, allow_urls=cfg.allow_urls, pixels=pixels)
+        store = MediaStore(Path(roots.media_root), cfg.max_image_pixels) if roots.store else None
+        self.ctx = BuildContext(
+            media_root=roots.media_root,
+            allow_urls=cfg.allow_urls,
+            pixels=pixels,
+            store=store,
+            files_root=roots.files_root,
+            max_image_pixels=cfg.max_image_pixels,
+        )
         self.tokenizer = load_tokenizer(cfg.model) if cfg.model else None
         self._count_tokens = None
         if self.tokenizer is not None:
@@ -193,12 +297,13 @@ class RecordBuilder:
             record, sizes = finish_record(draft, self.ctx, base=self.base(raw))
             record["num_tokens"] = self.num_tokens(record, sizes.image_tokens, sizes.video_tokens)
         except RecordError as err:
-            return Outcome(raw.source, reason=err.reason, detail=err.detail, record_id=rid, payload=raw.data)
+            payload = printable(raw.data)
+            return Outcome(raw.source, reason=err.reason, detail=err.detail, record_id=rid, payload=payload)
         return Outcome(raw.source, record=record, record_id=record["id"])
 
     def base(self, raw: RawRow) -> str | None:
         """Relative media paths start from the media root when one was given, else from the input file's folder."""
-        if self.cfg.media_root or raw.input is None:
+        if self.cfg.media_root or raw.input is None or raw.input.kind == "hf":
             return None
         path = Path(raw.input.path)
         return str(path if raw.input.kind == "arrow" else path.parent)
@@ -230,18 +335,38 @@ def load_processor_for_pixels(model: str) -> Any:
     return load_processor(model)
 
 
+def printable(value: Any) -> Any:
+    """A raw row for ``rejected.jsonl``: embedded bytes replaced by their size and hash, PIL images by a summary."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        import hashlib
+
+        return f"<{len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()[:16]}>"
+    if isinstance(value, dict):
+        return {k: printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(v) for v in value]
+    if hasattr(value, "size") and hasattr(value, "mode") and hasattr(value, "save"):
+        return f"<PIL image {value.mode} {value.size[0]}x{value.size[1]}>"
+    return value
+
+
 _WORKER: RecordBuilder | None = None
 
 
-def _init_worker(cfg: BuildConfig, media_root: str, pixels: PixelConfig) -> None:
+def _init_worker(cfg: BuildConfig, roots: MediaRoots, pixels: PixelConfig) -> None:
     global _WORKER
     logging.basicConfig(level=logging.WARNING)
-    _WORKER = RecordBuilder(cfg, media_root, pixels)
+    _WORKER = RecordBuilder(cfg, roots, pixels)
 
 
-def _build_chunk(rows: list[RawRow]) -> list[Outcome]:
+def _build_chunk(rows: list[RawRow]) -> tuple[list[Outcome], dict[str, int]]:
     assert _WORKER is not None
-    return [_WORKER.build(row) for row in rows]
+    outcomes = [_WORKER.build(row) for row in rows]
+    store = _WORKER.ctx.store
+    counts = store.counts.as_dict() if store is not None else {}
+    if store is not None:
+        store.counts = type(store.counts)()  # handed to the parent with this chunk
+    return outcomes, counts
 
 
 def _chunks(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
@@ -255,18 +380,31 @@ def _chunks(rows: Iterable[RawRow], size: int) -> Iterator[list[RawRow]]:
         yield chunk
 
 
-def _outcomes(cfg: BuildConfig, rows: Iterable[RawRow], media_root: str, pixels: PixelConfig) -> Iterator[Outcome]:
+def _outcomes(
+    cfg: BuildConfig, rows: Iterable[RawRow], roots: MediaRoots, pixels: PixelConfig, store_counts: dict[str, int]
+) -> Iterator[Outcome]:
+    """Built outcomes in input order; ``store_counts`` accumulates what the media store did."""
     if cfg.num_proc == 1:
-        builder = RecordBuilder(cfg, media_root, pixels)
-        for row in rows:
-            yield builder.build(row)
+        builder = RecordBuilder(cfg, roots, pixels)
+        try:
+            for row in rows:
+                yield builder.build(row)
+        finally:
+            if builder.ctx.store is not None:
+                _add(store_counts, builder.ctx.store.counts.as_dict())
         return
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads (tqdm, tokenizers)
-    with ctx.Pool(cfg.num_proc, initializer=_init_worker, initargs=(cfg, media_root, pixels)) as pool:
-        for chunk in pool.imap(_build_chunk, _chunks(rows, _CHUNK_ROWS)):
+    with ctx.Pool(cfg.num_proc, initializer=_init_worker, initargs=(cfg, roots, pixels)) as pool:
+        for chunk, counts in pool.imap(_build_chunk, _chunks(rows, _CHUNK_ROWS)):
+            _add(store_counts, counts)
             yield from chunk
+
+
+def _add(total: dict[str, int], more: Mapping[str, int]) -> None:
+    for key, n in more.items():
+        total[key] = total.get(key, 0) + n
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -281,13 +419,24 @@ def run_build(cfg: BuildConfig, *, shard: Shard | None = None, progress: bool = 
     from tqdm.auto import tqdm
 
     shard = shard or shard_from_env()
-    inputs = resolve_inputs(cfg.inputs)
-    media_root = str(Path(cfg.media_root).resolve() if cfg.media_root else default_media_root(inputs))
+    inputs = resolve_inputs(cfg.inputs, streaming=cfg.streaming, options=cfg.adapter_options())
+    roots = media_roots(cfg, inputs)
+    media_root = roots.media_root
     processor = load_processor_for_pixels(cfg.model) if cfg.model else None
     pixels = resolve_pixels(cfg, processor)
     resolved = dataclasses.asdict(cfg) | {"media_root": media_root, "pixels": dataclasses.asdict(pixels)}
     resolved["inputs"] = list(cfg.inputs)
-    writer = StageWriter(cfg.out, stage=STAGE, config=resolved, inputs=inputs, shard=shard, chunk_size=cfg.chunk_size)
+    if roots.store:
+        resolved["media_files_root"] = roots.files_root
+    writer = StageWriter(
+        cfg.out,
+        stage=STAGE,
+        config=resolved,
+        inputs=inputs,
+        shard=shard,
+        chunk_size=cfg.chunk_size,
+        finish_manifest=_media_manifest(roots) if roots.store else None,
+    )
     with writer:
         skipped = writer.done
         if not skipped:
@@ -302,12 +451,33 @@ def run_build(cfg: BuildConfig, *, shard: Shard | None = None, progress: bool = 
             seen: set[str] = set()
             rows = iter_rows(inputs, shard)
             bar = tqdm(desc="build", unit="rec", disable=not (progress and shard.is_main) or None, mininterval=1.0)
-            for outcome in _outcomes(cfg, rows, media_root, pixels):
+            store_counts: dict[str, int] = {}
+            for outcome in _outcomes(cfg, rows, roots, pixels, store_counts):
                 bar.update()
                 _write(writer, outcome, seen)
             bar.close()
+            writer.extra["media"] = store_counts
     stats = getattr(writer, "stats", None) or writer.counts.as_dict()
     return BuildResult(out=Path(cfg.out), stats=stats, skipped=skipped)
+
+
+def _media_manifest(roots: MediaRoots) -> Any:
+    """The manifest's ``media`` entry: the store, what was embedded or linked (all ranks), files on disk."""
+
+    def finish(manifest: dict[str, Any], extras: list[dict[str, Any]]) -> None:
+        totals: dict[str, int] = {}
+        for extra in extras:
+            _add(totals, extra.get("media") or {})
+        manifest["media"] = {
+            "store": STORE_DIR,
+            "media_root": roots.media_root,
+            "files_root": roots.files_root,
+            "embedded_references": totals.get("embedded", 0),
+            "file_references": totals.get("linked", 0),
+            **{f"store_{k}": v for k, v in store_summary(roots.media_root).items()},
+        }
+
+    return finish
 
 
 def _write(writer: StageWriter, outcome: Outcome, seen: set[str]) -> None:

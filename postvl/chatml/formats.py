@@ -21,9 +21,15 @@ How each format marks media:
                           record; ``objects`` grounding (``<ref-object>`` / ``<bbox>``); query/response and
                           ``conversation`` variants.
 ``openai``                ``image_url`` / ``video_url`` parts (also LLaMA-Factory v1 ``{"type", "value"}`` parts).
+``cauldron``              HuggingFaceM4/the_cauldron: ``images`` + ``texts: [{user, assistant, source}]``, one
+                          turn pair per entry, no placeholders: the images go first in the first user turn.
+``rlaif_v``               openbmb/RLAIF-V-Dataset: flat ``image``, ``question``, ``chosen``, ``rejected`` strings
+                          -> a preference record with the image before the question.
 ========================  ===================================================================================
 
-``auto`` picks the format per row from its keys (``detect_format``).
+``auto`` picks the format per row from its keys (``detect_format``). Media may be paths, URLs, or embedded
+(``datasets.Image`` structs ``{"bytes", "path"}``, PIL images): ``postvl.chatml.validate`` stores embedded ones.
+TRL typed parts with an ``index`` (HuggingFaceH4/llava-instruct-mix-vsft) pick their image from ``images`` by it.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from postvl.records import RecordError, text_part
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "trl", "sharegpt", "llamafactory", "qwen", "swift", "openai")
+FORMATS = ("auto", "trl", "sharegpt", "llamafactory", "qwen", "swift", "openai", "cauldron", "rlaif_v")
 IMAGE_TAG, VIDEO_TAG, AUDIO_TAG = "<image>", "<video>", "<audio>"
 _TAGS = re.compile(r"(<image>|<video>|<audio>)")
 _ROLE_NAMES = {"system": "system", "user": "user", "assistant": "assistant", "developer": "system"}
@@ -87,6 +93,11 @@ def detect_format(row: Any) -> str:
         return "sharegpt"
     if isinstance(row.get("conversation"), list) or ("query" in row and "response" in row):
         return "swift"
+    texts = row.get("texts")
+    if isinstance(texts, list) and texts and all(isinstance(t, Mapping) and "user" in t for t in texts):
+        return "cauldron"
+    if "question" in row and isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
+        return "rlaif_v"
     if "instruction" in row and ("output" in row or "chosen" in row):
         return "sharegpt"
     if "prompt" in row and ("completion" in row or "chosen" in row):
@@ -139,6 +150,8 @@ def to_draft(row: Any, *, fmt: str, source: str, options: Mapping[str, Any] | No
         "qwen": _from_qwen,
         "swift": _from_swift,
         "openai": _from_openai,
+        "cauldron": _from_cauldron,
+        "rlaif_v": _from_rlaif_v,
     }
     draft, used = adapters[fmt](row, options)
     draft["id"] = record_id(row, source)
@@ -149,6 +162,7 @@ def to_draft(row: Any, *, fmt: str, source: str, options: Mapping[str, Any] | No
     meta.setdefault("source", source)
     meta.setdefault("format", fmt)
     extra = {k: v for k, v in row.items() if k not in used and k not in _RECORD_KEYS and _jsonable(v)}
+    extra |= draft.pop("meta_extra", {})
     if extra:
         meta.setdefault("extra", extra)
     draft["meta"] = meta
@@ -161,8 +175,17 @@ def record_id(row: Mapping[str, Any], source: str) -> str:
     own = row.get("id")
     if isinstance(own, (str, int)) and not isinstance(own, bool) and str(own).strip():
         return str(own)
-    content = json.dumps(row, sort_keys=True, ensure_ascii=False, default=repr)
+    content = json.dumps(row, sort_keys=True, ensure_ascii=False, default=_id_value)
     return hashlib.sha1(f"{source}\n{content}".encode()).hexdigest()[:16]
+
+
+def _id_value(value: Any) -> str:
+    """Embedded bytes by their hash (not a megabyte of repr); other values by their repr."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "sha1:" + hashlib.sha1(value).hexdigest()
+    if hasattr(value, "size") and hasattr(value, "mode"):  # a PIL image: its repr holds a memory address
+        return f"PIL:{value.mode}:{value.size}"
+    return repr(value)
 
 
 def _jsonable(value: Any) -> bool:
@@ -301,8 +324,33 @@ def _prepend_images(messages: list[dict[str, Any]], n_images: int, n_videos: int
             return
 
 
+def _indexed_images(raws: list[Any], images: list[Any]) -> list[Any]:
+    """TRL typed parts may carry ``index`` (llava-instruct-mix-vsft): the image part's position in ``images``.
+
+    When every image part has an integer index, ``images`` is reordered to placeholder order; otherwise it is
+    positional as given.
+    """
+    indices = [
+        p.get("index")
+        for raw in raws
+        if isinstance(raw, list)
+        for m in raw
+        if isinstance(m, Mapping) and isinstance(m.get("content"), list)
+        for p in m["content"]
+        if isinstance(p, Mapping) and p.get("type") == "image"
+    ]
+    if not images or not indices or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+        return images
+    if any(not 0 <= i < len(images) for i in indices):
+        raise RecordError(
+            "placeholder_media_mismatch", f"image part indices {indices} for {len(images)} images in the row"
+        )
+    return [images[i] for i in indices]
+
+
 def _from_trl(row: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
     images = _as_list(row.get("images", row.get("image")))
+    images = _indexed_images([row.get(k) for k in ("messages", "prompt", "completion", "chosen")], images)
     videos = _as_list(row.get("videos", row.get("video")))
     used = {"images", "image", "videos", "video", "messages", "prompt", "completion", "chosen", "rejected"}
     if "chosen" in row or "rejected" in row:
@@ -346,6 +394,47 @@ def _from_openai(row: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[di
     messages, refs = _trl_messages(row.get("messages"))
     images, videos = _media_lists([messages], refs, _as_list(row.get("images")), _as_list(row.get("videos")))
     return {"messages": messages, "images": images, "videos": videos}, {"messages", "images", "videos"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# HuggingFaceM4/the_cauldron and openbmb/RLAIF-V-Dataset
+
+
+def _from_cauldron(row: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """``texts: [{user, assistant, source}]``: every entry is one user turn and one assistant turn."""
+    texts = row.get("texts")
+    if not isinstance(texts, list) or not texts:
+        raise RecordError("empty_conversation", "texts is not a non-empty list of {user, assistant} turns")
+    messages: list[dict[str, Any]] = []
+    for turn in texts:
+        if not isinstance(turn, Mapping):
+            raise RecordError("invalid_history", f"texts entry {turn!r:.80} is not a {{user, assistant}} object")
+        messages += [
+            {"role": "user", "content": split_tags(turn.get("user"))},
+            {"role": "assistant", "content": split_tags(turn.get("assistant"))},
+        ]
+    images = _as_list(row.get("images"))
+    _prepend_images(messages, len(images), 0)
+    sources = sorted({t.get("source") for t in texts if isinstance(t, Mapping) and isinstance(t.get("source"), str)})
+    draft: dict[str, Any] = {"messages": messages, "images": images, "videos": []}
+    if sources:
+        draft["meta_extra"] = {"source_dataset": sources[0] if len(sources) == 1 else sources}
+    return draft, {"texts", "images"}
+
+
+def _from_rlaif_v(row: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Flat preference rows: ``image`` (or ``images``), ``question``, ``chosen``, ``rejected`` strings."""
+    images = _as_list(row.get("images", row.get("image")))
+    prompt = [{"role": "user", "content": split_tags(row.get("question"))}]
+    _prepend_images(prompt, len(images), 0)
+    draft = {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": split_tags(row.get("chosen"))}],
+        "rejected": [{"role": "assistant", "content": split_tags(row.get("rejected"))}],
+        "images": images,
+        "videos": [],
+    }
+    return draft, {"image", "images", "question", "chosen", "rejected"}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -605,11 +694,12 @@ def _swift_objects(objects: Any) -> dict[str, Any] | None:
 # LLaMA-Factory dataset_info.json
 
 
-def dataset_info_entries(path: str | Path, names: list[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """The local entries of a LLaMA-Factory ``dataset_info.json``: ``(data file or folder, adapter options)``.
+def dataset_info_entries(path: str | Path, names: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The entries of a LLaMA-Factory ``dataset_info.json``: ``(data file, folder or hf:// name, adapter options)``.
 
-    Hub entries (``hf_hub_url``, ``ms_hub_url``, ``script_url``, ``cloud_file_name``) are skipped with a warning: the
-    build reads local files only.
+    ``file_name`` entries point at local data; ``hf_hub_url`` entries become ``hf://URL[:subset]@split`` inputs, read
+    through ``datasets.load_dataset`` (the HF cache works offline). ``ms_hub_url``, ``script_url`` and
+    ``cloud_file_name`` entries are skipped with a warning.
 
     Raises:
         KeyError: a requested name is not in the file (the message lists the names there).
@@ -624,14 +714,21 @@ def dataset_info_entries(path: str | Path, names: list[str] | None = None) -> li
     entries = []
     for name in wanted:
         entry = info[name]
-        if "file_name" not in entry or any(k in entry for k in ("hf_hub_url", "ms_hub_url", "script_url")):
+        if "hf_hub_url" in entry and "file_name" not in entry:
+            subset = f":{entry['subset']}" if entry.get("subset") else ""
+            data = f"hf://{entry['hf_hub_url']}{subset}@{entry.get('split', 'train')}"
+        elif "file_name" not in entry or any(k in entry for k in ("ms_hub_url", "script_url", "cloud_file_name")):
             logger.warning(
-                "%s: entry %r is not a local file; skipped (download it and add a file_name entry)", path, name
+                "%s: entry %r is not a local file or a Hugging Face dataset; skipped (download it and add a "
+                "file_name entry)",
+                path,
+                name,
             )
             continue
-        data = path.parent / entry["file_name"]
-        if not data.exists():
-            raise FileNotFoundError(f"{path}: entry {name!r} names {data}, which does not exist")
+        else:
+            data = str(path.parent / entry["file_name"])
+            if not Path(data).exists():
+                raise FileNotFoundError(f"{path}: entry {name!r} names {data}, which does not exist")
         options = {
             "format": "llamafactory",
             "entry": name,
@@ -642,3 +739,44 @@ def dataset_info_entries(path: str | Path, names: list[str] | None = None) -> li
         }
         entries.append((data, options))
     return entries
+
+
+def mapping_options(
+    *,
+    columns: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    formatting: str | None = None,
+    ranking: bool | None = None,
+) -> dict[str, Any]:
+    """Adapter options for a layout no adapter knows: LLaMA-Factory's ``columns`` / ``tags`` / ``formatting`` /
+    ``ranking`` (one ``dataset_info.json`` entry), checked.
+
+    Raises:
+        ValueError: every unknown key or value, with the names that exist.
+    """
+    import difflib
+
+    errors = []
+    for label, given, known in (("column", columns or {}, LF_DEFAULT_COLUMNS), ("tag", tags or {}, LF_DEFAULT_TAGS)):
+        for key, value in given.items():
+            if key not in known:
+                close = difflib.get_close_matches(key, list(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                errors.append(f"unknown {label} key {key!r}{hint}; known: {', '.join(known)}")
+            elif not isinstance(value, str) or not value:
+                errors.append(f"{label} {key!r} must name a column or tag value, got {value!r}")
+    if formatting not in (None, "sharegpt", "alpaca"):
+        errors.append(f"formatting must be 'sharegpt' or 'alpaca', got {formatting!r}")
+    if errors:
+        raise ValueError("column mapping: " + "; ".join(errors))
+    columns = dict(columns or {})
+    if formatting is None:
+        formatting = "sharegpt" if "messages" in columns or tags else "alpaca"
+    return {
+        "format": "llamafactory",
+        "entry": "mapping",
+        "formatting": formatting,
+        "ranking": bool(ranking),
+        "columns": columns,
+        "tags": dict(tags or {}),
+    }

@@ -1,9 +1,13 @@
 """``postvl build``: raw multimodal data in any supported format -> one ChatML stage folder.
 
     postvl build data/mllm_demo.json data/train.jsonl --out runs/chatml \\
-        [--format auto|trl|sharegpt|llamafactory|qwen|swift|openai] [--media-root data] \\
+        [--format auto|trl|sharegpt|llamafactory|qwen|swift|openai|cauldron|rlaif_v] [--media-root data] \\
         [--model runs/tiny | --family qwen3_vl] [--min-pixels 3136] [--max-pixels 1003520] [--fps 2] \\
-        [--max-frames 768] [--allow-urls] [--num-proc 4]
+        [--max-frames 768] [--max-image-pixels 89478485] [--allow-urls] [--num-proc 4]
+    postvl build hf://HuggingFaceH4/llava-instruct-mix-vsft@train --out runs/chatml [--streaming]
+    postvl build "downloads/the_cauldron/ai2d/train-*.parquet" --out runs/chatml
+    postvl build data/rows.parquet --out runs/chatml --columns messages=dialog,images=pictures \\
+        --tags role_tag=speaker,content_tag=text,user_tag=human,assistant_tag=bot   # or --mapping mapping.yaml
 
     accelerate launch --num_processes 4 -m postvl.chatml.main data/ --out runs/chatml   # one shard per rank
 
@@ -20,6 +24,7 @@ import sys
 
 from postvl.chatml.formats import FORMATS
 from postvl.families import FAMILY_NAMES
+from postvl.media_store import DEFAULT_MAX_IMAGE_PIXELS
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -32,8 +37,9 @@ def make_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="JSON/JSONL/Parquet files, folders, saved "
-        "datasets, or a LLaMA-Factory dataset_info.json (dataset_info.json:name picks entries)",
+        help="JSON/JSONL/Parquet files, globs, folders, saved datasets, hf://OWNER/NAME[:CONFIG][@SPLIT] datasets "
+        "(datasets.load_dataset: hub, offline HF cache, or hf://./FOLDER), or a LLaMA-Factory dataset_info.json "
+        "(dataset_info.json:name picks entries)",
     )
     parser.add_argument("--out", required=True, help="stage folder to write")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: detect per row)")
@@ -50,10 +56,33 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=int, help="image max pixels (default: the processor's or family's)")
     parser.add_argument("--fps", type=float, help="video frames sampled per second (default: 2)")
     parser.add_argument("--max-frames", type=int, help="most video frames sampled (default: 768)")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="reject images whose header is larger (media_too_large; default: PIL's limit, 89478485)",
+    )
     parser.add_argument("--allow-urls", action="store_true", help="keep http(s) media instead of rejecting them")
+    parser.add_argument("--streaming", action="store_true", help="stream hf:// datasets instead of downloading them")
+    mapping = parser.add_argument_group("column mapping (LLaMA-Factory's dataset_info.json keys) for other layouts")
+    mapping.add_argument("--mapping", help="YAML file with formatting, ranking, columns, tags")
+    mapping.add_argument("--columns", type=_pairs, help="e.g. messages=dialog,images=pictures,system=sys")
+    mapping.add_argument("--tags", type=_pairs, help="e.g. role_tag=speaker,content_tag=text,user_tag=human")
+    mapping.add_argument("--formatting", choices=("sharegpt", "alpaca"), help="conversation or instruction rows")
+    mapping.add_argument("--ranking", action="store_true", default=None, help="rows are preference pairs")
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes (default: 1)")
     parser.add_argument("--chunk-size", type=int, default=10_000, help="records per Parquet part")
     return parser
+
+
+def _pairs(text: str) -> dict[str, str]:
+    pairs = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         allow_urls=args.allow_urls,
         num_proc=args.num_proc,
         chunk_size=args.chunk_size,
+        streaming=args.streaming,
+        max_image_pixels=args.max_image_pixels,
+        mapping=args.mapping,
+        columns=args.columns,
+        tags=args.tags,
+        formatting=args.formatting,
+        ranking=args.ranking,
     )
     result = run_build(cfg)
     if result.skipped:

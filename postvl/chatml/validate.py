@@ -21,9 +21,12 @@ another family (``reground``).
 from __future__ import annotations
 
 import json
+import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from postvl.families import Family, data_family
@@ -38,6 +41,7 @@ from postvl.media import (
     resolve_media_path,
     video_tokens,
 )
+from postvl.media_store import DEFAULT_MAX_IMAGE_PIXELS, MediaStore, check_pixel_cap, is_embedded
 from postvl.records import ANSWER_TYPES, RecordError, check_conversation
 
 VideoCount = int | VideoTokens
@@ -59,7 +63,7 @@ REASONS: dict[str, str] = {
     "special_token_in_text": "text contains a chat-template or vision token (<|im_start|>, <|image_pad|>, ...)",
     "placeholder_media_mismatch": "image/video parts and image/video files differ in number",
     "missing_media": "a media file does not exist",
-    "empty_media": "a media file has 0 bytes",
+    "empty_media": "a media file (or embedded medium) has 0 bytes",
     "corrupt_media": "a media file cannot be read (bad header, truncated)",
     "extreme_aspect_ratio": "an image with aspect ratio over 200, which the processor refuses",
     "video_too_short": "a video too short to give one temporal patch",
@@ -67,7 +71,8 @@ REASONS: dict[str, str] = {
     "media_in_text_only_turn": "an image or video in a turn the family's template renders as text only",
     "media_outside_root": "a media path that escapes the media root",
     "url_not_allowed": "a media URL without --allow-urls",
-    "unsupported_media": "audio, or media embedded as bytes",
+    "unsupported_media": "audio, or embedded media in an input that cannot carry them (JSON)",
+    "media_too_large": "an image whose header is above the pixel cap (decompression bombs included)",
     "bbox_out_of_image": "a box outside the original image",
     "point_out_of_image": "a point outside the original image",
     "invalid_bbox": "a box with x2 < x1 or y2 < y1, or not 4 numbers",
@@ -99,12 +104,30 @@ _SWIFT_TAGS = re.compile(r"(<ref-object>|<bbox>)")
 
 @dataclass
 class BuildContext:
-    """What validation needs besides the record: the media root, URL policy, pixel limits and a probe cache."""
+    """What validation needs besides the record: the media root, URL policy, pixel limits and a probe cache.
+
+    With a ``store`` (a build whose inputs carry embedded media), ``media_root`` is the output folder: embedded media
+    are written into the store, and media files, resolved and confined under ``files_root``, are linked into it, so
+    that every record's paths live under the one media root.
+    """
 
     media_root: str
     allow_urls: bool = False
     pixels: PixelConfig = field(default_factory=PixelConfig)
     prober: MediaProber = field(default_factory=MediaProber)
+    store: MediaStore | None = None
+    files_root: str | None = None
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    _resolved_root: str | None = field(default=None, init=False, repr=False)
+
+    def relative(self, path: str) -> str:
+        """A resolved path as stored in a record: relative to the media root (URLs unchanged)."""
+        root = self._resolved_root
+        if root is None:
+            root = self._resolved_root = str(Path(self.media_root).resolve())
+        if path.startswith(root + os.sep):  # resolved paths under the root: no filesystem call per image
+            return Path(path[len(root) + 1 :]).as_posix()
+        return relative_to_root(path, self.media_root)
 
     @property
     def family(self) -> Family:
@@ -241,45 +264,45 @@ def check_media_counts(messages: list[dict[str, Any]], images: list[Any], videos
 
 
 def probe_media(draft: Mapping[str, Any], ctx: BuildContext, *, base: str | None = None) -> MediaSizes:
-    """Resolve, probe and count every image and video of a draft."""
+    """Resolve (or store), probe and count every image and video of a draft."""
     sizes = MediaSizes(grounding=ctx.family.grounding)
     timestamps = ctx.family.video_timestamps
     for ref in draft.get("images") or []:
-        path = _resolve(ref, ctx, base)
-        if is_url(path):
+        path, info, origin = _image(ref, ctx, base)
+        if info is None:
             sizes.images.append({"path": path})
             sizes.image_tokens.append(-1)
             continue
-        info = ctx.prober.image(path)
         rh, rw = resized_image_size(info.height, info.width, ctx.pixels)
         tokens = image_token_count(info.height, info.width, ctx.pixels)
         sizes.image_tokens.append(tokens)
         sizes.images.append(
             {
-                "path": relative_to_root(path, ctx.media_root),
+                "path": ctx.relative(path),
                 "width": info.width,
                 "height": info.height,
                 "resized_width": rw,
                 "resized_height": rh,
                 "tokens": tokens,
+                **origin,
             }
         )
     for ref in draft.get("videos") or []:
-        path = _resolve(ref, ctx, base)
-        if is_url(path):
+        path, info, origin = _video(ref, ctx, base)
+        if info is None:
             sizes.videos.append({"path": path})
             sizes.video_tokens.append(-1)
             continue
-        info = ctx.prober.video(path)
         layout = video_tokens(info, ctx.pixels)
         sizes.video_tokens.append(layout if timestamps else layout.pads)
         entry = {
-            "path": relative_to_root(path, ctx.media_root),
+            "path": ctx.relative(path),
             "frames": info.num_frames,
             "fps": info.fps,
             "width": info.width,
             "height": info.height,
             "tokens": layout.pads,
+            **origin,
         }
         if timestamps:
             entry["layout"] = layout.to_json()
@@ -287,12 +310,72 @@ def probe_media(draft: Mapping[str, Any], ctx: BuildContext, *, base: str | None
     return sizes
 
 
+def _image(ref: Any, ctx: BuildContext, base: str | None) -> tuple[str, Any, dict[str, Any]]:
+    """(absolute path or URL, header info or ``None`` for a URL, where the medium came from)."""
+    if is_embedded(ref):
+        path, info, name = _store(ctx).put_image(ref)
+        return path, info, {"origin": "embedded", "original": name}
+    path = _resolve(ref, ctx, base)
+    if is_url(path):
+        return path, None, {}
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap below decides
+            info = ctx.prober.image(path)
+    except Image.DecompressionBombError as err:  # PIL refuses to open a header this large
+        raise RecordError("media_too_large", f"{path}: {err} (cap: {ctx.max_image_pixels} pixels)") from err
+    check_pixel_cap(info.width, info.height, ctx.max_image_pixels, path)
+    return _linked(path, ctx), info, _file_origin(path, ctx)
+
+
+def _video(ref: Any, ctx: BuildContext, base: str | None) -> tuple[str, Any, dict[str, Any]]:
+    if is_embedded(ref):
+        path, info, name = _store(ctx).put_video(ref)
+        check_pixel_cap(info.width, info.height, ctx.max_image_pixels, f"video {name or path} frame")
+        return path, info, {"origin": "embedded", "original": name}
+    path = _resolve(ref, ctx, base)
+    if is_url(path):
+        return path, None, {}
+    info = ctx.prober.video(path)
+    check_pixel_cap(info.width, info.height, ctx.max_image_pixels, f"video {path} frame")
+    return _linked(path, ctx), info, _file_origin(path, ctx)
+
+
+def _store(ctx: BuildContext) -> MediaStore:
+    if ctx.store is None:
+        raise RecordError(
+            "unsupported_media",
+            "media embedded as bytes in an input that cannot carry them (JSON); give a Parquet file, a saved "
+            "dataset or an hf:// dataset, or save the media as files under the media root",
+        )
+    return ctx.store
+
+
+def _linked(path: str, ctx: BuildContext) -> str:
+    return ctx.store.link_file(path) if ctx.store is not None else path
+
+
+def _file_origin(path: str, ctx: BuildContext) -> dict[str, Any]:
+    if ctx.store is None:
+        return {}
+    return {"origin": "file", "original": relative_to_root(path, ctx.files_root or ctx.media_root)}
+
+
 def _resolve(ref: Any, ctx: BuildContext, base: str | None) -> str:
-    if isinstance(ref, Mapping):  # datasets Image(decode=False): {"bytes", "path"}
-        if ref.get("bytes"):
-            raise RecordError("unsupported_media", "media embedded as bytes: save them as files under the media root")
+    if isinstance(ref, Mapping):  # datasets Image(decode=False) without bytes: {"bytes": None, "path": ...}
         ref = ref.get("path")
-    return resolve_media_path(ref, ctx.media_root, base=base, allow_urls=ctx.allow_urls)
+    root = ctx.files_root if ctx.store is not None else ctx.media_root
+    if root is None:
+        if isinstance(ref, str) and is_url(ref):
+            return resolve_media_path(ref, ctx.media_root, allow_urls=ctx.allow_urls)
+        raise RecordError(
+            "missing_media",
+            f"media reference {ref!r:.120} is a path, but the input is a hub dataset with no folder of its own; "
+            "pass --media-root where those files are",
+        )
+    return resolve_media_path(ref, root, base=base, allow_urls=ctx.allow_urls)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""Configuration of ``postvl dpo`` beyond TRL's ``DPOConfig`` / ``ModelConfig`` and the SFT stage's own dataclasses.
+"""Configuration of ``postvl dpo`` beyond TRL's ``DPOConfig`` / ``ModelConfig`` and ``postvl.training.config``.
 
-A DPO YAML holds TRL keys, ``postvl.sft.config`` keys (datasets, ViT freezing, pixel limits, outputs) and these.
+A DPO YAML holds TRL keys, ``postvl.training.config`` keys (datasets, ViT freezing, pixel limits, outputs) and these.
 """
 
 from __future__ import annotations

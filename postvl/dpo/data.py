@@ -1,5 +1,6 @@
 """DPO data: preference records -> the stacked batch TRL's DPOTrainer consumes.
 
+Every supported family is encoded through its own template and processors (``postvl.sft.data.RecordEncoder``).
 A preference record (``postvl.records``) holds ``prompt`` messages, ``chosen`` and ``rejected`` assistant messages and
 the prompt's ``images`` / ``videos``. Both sides are rendered and tokenized by the builder's own code
 (``postvl.chatml.render.tokenize_with_labels``); the completion mask is each side's trained span after the prompt
@@ -46,7 +47,8 @@ class PreferenceEncoder:
     """
 
     def __init__(self, processor: Any, *, train_turn_newline: bool = False) -> None:
-        self.records = RecordEncoder(processor, train_turn_newline=train_turn_newline)
+        self.records = RecordEncoder(processor, train_turn_newline=train_turn_newline)  # fails for other families
+        self.family = self.records.family
         self.train_turn_newline = train_turn_newline
 
     def __call__(self, record: dict[str, Any], media_root: str | Path | None = None) -> EncodedPair:
@@ -66,15 +68,14 @@ class PreferenceEncoder:
              "videos": record.get("videos")},
             media_root,
         )
-        merge = self.records.merge
-        image_tokens = [] if chosen.image_grid_thw is None else (chosen.image_grid_thw.prod(-1) // merge**2).tolist()
-        video_tokens = [] if chosen.video_grid_thw is None else (chosen.video_grid_thw.prod(-1) // merge**2).tolist()
-        n_prompt = len(
-            tokenize_with_labels(prompt, self.records.tokenizer, image_tokens, video_tokens)[0]
-        )
+        # the rejected side and the bare prompt are rendered around the chosen side's media (same counts; for
+        # Qwen3-VL videos the same timestamps), in the processor's family's template
+        image_tokens, video_tokens = list(chosen.image_tokens), list(chosen.video_tokens)
+        processor = self.records.processor
+        n_prompt = len(tokenize_with_labels(prompt, processor, image_tokens, video_tokens)[0])
         rejected_ids, rejected_labels = tokenize_with_labels(
             prompt + list(record["rejected"]),
-            self.records.tokenizer,
+            processor,
             image_tokens,
             video_tokens,
             train_turn_newline=self.train_turn_newline,

@@ -4,8 +4,8 @@
     accelerate launch -m postvl.dpo --config configs/dpo/qwen2_5_vl_7b_lora.yaml [--key value ...]
 
 The YAML holds TRL's ``DPOConfig`` and ``ModelConfig`` keys (every TRL option works, ``loss_type`` included) next to
-ours (``postvl.sft.config``, ``postvl.dpo.config``); ``accelerate launch --config_file configs/accelerate/...`` picks
-DDP, FSDP or DeepSpeed. Pairs come from ``postvl build`` / ``postvl sample`` folders
+ours (``postvl.training.config``, ``postvl.dpo.config``); ``accelerate launch --config_file
+configs/accelerate/...`` picks DDP, FSDP or DeepSpeed. Pairs come from ``postvl build`` / ``postvl sample`` folders
 (``DIR/preference/part-*.parquet``). The model is a base model, a merged SFT output, or an SFT adapter folder (merged
 or continued, ``sft_adapter``). With LoRA the reference is the adapter disabled; full training keeps a frozen copy.
 ``precompute_ref_log_probs: true`` computes the reference log-probs in a first pass (each image encoded once; TRL
@@ -29,9 +29,11 @@ def make_parser():
     from trl import DPOConfig, ModelConfig, TrlParser
 
     from postvl.dpo.config import DPOArguments
-    from postvl.sft.config import DataArguments, OutputArguments, VisionArguments
+    from postvl.training.config import DataArguments, LMHeadArguments, OutputArguments, VisionArguments
 
-    parser = TrlParser((DataArguments, VisionArguments, DPOArguments, OutputArguments, DPOConfig, ModelConfig))
+    parser = TrlParser(
+        (DataArguments, VisionArguments, DPOArguments, LMHeadArguments, OutputArguments, DPOConfig, ModelConfig)
+    )
     parser.set_defaults(num_train_epochs=1.0)  # DPO: one pass over the pairs; YAML and command line still override
     return parser
 
@@ -40,23 +42,32 @@ def main(argv: list[str] | None = None) -> int:
     from postvl.dpo import train as dpo_lib
     from postvl.dpo.data import PreferenceCollator, PreferenceEncoder, index_dataset, pair_lengths
     from postvl.dpo.vision_cache import SharedVisionFeatures
-    from postvl.sft import train as lib
-    from postvl.sft.train import resume_value, write_skipped
+    from postvl.training.data import check_dataset_families, load_mixed_records, resolve_pixel_limits
+    from postvl.training.lm_head import use_lm_head
+    from postvl.training.model import check_vision_frozen, lora_config
+    from postvl.training.outputs import (
+        plot_log_history,
+        resume_value,
+        save_final,
+        save_parameter_table,
+        write_skipped,
+    )
 
-    data, vision, dpo, output, args, model_args = make_parser().parse_args_and_config(argv)
+    data, vision, dpo, head, output, args, model_args = make_parser().parse_args_and_config(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING)
     dpo_lib.check_options(args, model_args, vision, dpo)
 
     # Load: pixel limits, the starting model (base, merged SFT or SFT adapter), the reference, the pairs.
-    min_pixels, max_pixels = lib.resolve_pixel_limits(data.datasets, vision)
+    min_pixels, max_pixels = resolve_pixel_limits(data.datasets, vision)
     model, processor, continued = dpo_lib.load_policy(
         model_args, vision, dpo, trust_remote_code=args.trust_remote_code, min_pixels=min_pixels,
         max_pixels=max_pixels,
     )
-    peft_config = None if continued else lib.lora_config(model, model_args, vision)
+    check_dataset_families(data.datasets, model)
+    peft_config = None if continued else lora_config(model, model_args, vision)
     full = peft_config is None and not continued
     ref_model = dpo_lib.frozen_copy(model) if full and not args.precompute_ref_log_probs else None
-    records = lib.load_mixed_records(data, kind="preference")
+    records = load_mixed_records(data, kind="preference")
     encoder = PreferenceEncoder(processor, train_turn_newline=dpo.train_turn_newline)
     lengths = pair_lengths(records, encoder)
     too_long = [k for k, n in enumerate(lengths) if n > args.max_length]
@@ -86,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=processor,
         peft_config=peft_config,
     )
-    lib.check_vision_frozen(trainer.model, vision)
-    table = lib.save_parameter_table(trainer.model, args.output_dir)
+    check_vision_frozen(trainer.model, vision)
+    lm_head, head_counts = use_lm_head(
+        trainer, head.lm_head, max_logits_gb=head.lm_head_max_logits_gb, token_metrics=head.token_metrics
+    )
+    logger.info("LM head of the loss: %s", lm_head)
+    table = save_parameter_table(trainer.model, args.output_dir)
     logger.info("trainable parameters:\n%s", table)
     trainer.train(resume_from_checkpoint=resume_value(args.resume_from_checkpoint))
     if shared is not None:
@@ -95,17 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         shared.uninstall()
 
     # Save: model or adapter + processor (pixel limits included), merged model, curves, summary.
-    paths = lib.save_final(trainer, processor, args.output_dir, merge_adapter=output.merge_adapter)
+    paths = save_final(trainer, processor, args.output_dir, merge_adapter=output.merge_adapter)
     if trainer.accelerator.is_main_process:
         history = trainer.state.log_history
         if output.plot:
-            lib.plot_log_history(history, Path(args.output_dir) / "loss.png", keys=dpo_lib.REWARD_KEYS)
+            plot_log_history(history, Path(args.output_dir) / "loss.png", keys=dpo_lib.REWARD_KEYS)
         summary = {
             "pairs": len(records),
             "skipped_too_long": len(too_long),
             "steps": trainer.state.global_step,
             "epochs": args.num_train_epochs,
             "processes": trainer.accelerator.num_processes,
+            "lm_head": lm_head,
+            "lm_head_calls": f"{head_counts.plain} plain, {head_counts.fused} fused",
             "reference": _reference_kind(args.precompute_ref_log_probs, full, continued),
             "vision_features": dataclasses.asdict(shared.counts) if shared is not None else "per forward (TRL)",
             **{k: dpo_lib.last_logged(history, k) for k in dpo_lib.REWARD_KEYS},

@@ -1,7 +1,7 @@
 """Library functions behind ``postvl dpo``: option checks, the starting model, the reference, TRL's trainer.
 
-The SFT stage's helpers (record mixing, pixel limits, LoRA targets, ViT checks, saving, plots) are reused from
-``postvl.sft.train``.
+What DPO shares with SFT (record mixing, pixel limits, LoRA targets, ViT checks, saving, plots) is in
+``postvl.training``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from postvl.dpo.config import DPOArguments
-from postvl.sft.config import VisionArguments
+from postvl.training.config import VisionArguments
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,12 @@ def load_policy(
         logger.info("%s adapter %s on %s", "continuing" if continued else "merged", path, base)
     # A continued adapter trains only its own weights (peft froze the rest; the ViT has no adapter).
     if vision.freeze_vision and not continued:
-        freeze_vision(model, train_merger=vision.train_merger, unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks)
+        freeze_vision(
+            model,
+            train_merger=vision.train_merger,
+            train_deepstack_mergers=vision.train_deepstack_mergers,
+            unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks,
+        )
     return model, processor, continued
 
 

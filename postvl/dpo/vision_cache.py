@@ -8,12 +8,14 @@ crosses the vision tower four times per step.
 ``SharedVisionFeatures.install(model)`` gives a model's vision tower *instance* (never its class) a forward that
 
 1. recognises the stacked layout (the second half of the images equals the first: same grids, same pixels) and runs
-   the frozen trunk (patch embedding + blocks) on the first half only;
+   the frozen trunk (patch embedding, Qwen3-VL's position embedding, blocks) on the first half only;
 2. keeps that trunk output for the images of the last batch and hands it to any later call on the same pixels (the
    reference forward of the same step) instead of recomputing it;
 3. applies the calling tower's own merger to the trunk output, so a trainable merger (``train_merger``) gets its
    gradients and a reference (adapter disabled, or a frozen copy) uses its own merger; a merger without trainable
-   parameters is cached too, per merger module.
+   parameters is cached too, per merger module. Qwen3-VL's DeepStack mergers (``deepstack_merger_list``) are treated
+   the same way: the trunk's hidden states at the DeepStack layers are kept with its output, and each tower's own
+   DeepStack mergers turn them into the features added to the decoder's first layers.
 
 It is exact: an image's trunk output depends only on its own pixels and grid (vision attention stays within an image
 or a window of it) and the trunk's weights are frozen, so the features are those of the full stacked forward. Reuse
@@ -39,7 +41,9 @@ class _Entry:
     pixels: Any  # (patches, C*T*P*P) of the unique images
     grid_thw: Any  # (images, 3)
     trunk: Any  # (patches, hidden), in the tower's window order
-    reverse: Any  # argsort of the window order: merged tokens back to image order
+    reverse: Any  # argsort of the window order (Qwen2.5-VL): merged tokens back to image order; None: no windows
+    output_type: type  # the tower's own output class (Qwen3-VL's carries deepstack_features)
+    deepstack: list[Any] = field(default_factory=list)  # hidden states entering each DeepStack merger (Qwen3-VL)
     merged: dict[int, Any] = field(default_factory=dict)  # id(frozen merger) -> merged tokens in image order
 
 
@@ -72,31 +76,39 @@ class SharedVisionFeatures:
         """Route ``model``'s vision tower through the shared cache.
 
         Raises:
-            ValueError: the tower's patch embedding or blocks have a trainable parameter (the features would not be
-                shared exactly), or its frozen trunk differs from that of a tower already installed.
+            UnsupportedFamilyError: the model belongs to no supported family.
+            ValueError: the tower's trunk (patch embedding, position embedding, blocks) has a trainable parameter
+                (the features would not be shared exactly), or its frozen trunk differs from that of a tower already
+                installed.
         """
+        from postvl.families import get_family
         from postvl.modeling import vision_tower
 
+        family = get_family(model)
         tower = vision_tower(model)
         if any(t is tower for t in self._towers):
             return
-        trainable = [n for n, p in _trunk_parameters(tower) if p.requires_grad]
+        projectors = family.modules.projector_parts()
+        trainable = [n for n, p in _trunk_parameters(tower, projectors) if p.requires_grad]
         if trainable:
             raise ValueError(
                 f"share_vision_features needs a frozen ViT, but {trainable[:3]} are trainable: keep freeze_vision "
                 "true and unfreeze_last_n_blocks 0, or set share_vision_features false"
             )
-        if self._towers and not _same_trunk(self._towers[0], tower):
+        if self._towers and not _same_trunk(self._towers[0], tower, projectors):
             raise ValueError(
                 "the reference model's ViT differs from the policy's, so their features cannot be shared: "
                 "set share_vision_features false"
             )
         original = tower.forward
+        deepstack_name = family.modules.deepstack_mergers
 
         def shared_forward(hidden_states: Any, grid_thw: Any, **kwargs: Any) -> Any:
             if any(kwargs.get(k) for k in _RECORDING_KWARGS):
                 return original(hidden_states, grid_thw=grid_thw, **kwargs)
-            return self._forward(tower, original, hidden_states, grid_thw)
+            # looked up per call: peft may wrap the mergers (modules_to_save) after this install
+            deepstack = list(getattr(tower, deepstack_name)) if deepstack_name else []
+            return self._forward(tower, original, deepstack, hidden_states, grid_thw)
 
         tower.forward = shared_forward  # an instance attribute: the class and other instances are untouched
         tower._postvl_original_forward = original
@@ -116,34 +128,47 @@ class SharedVisionFeatures:
     # ----------------------------------------------------------------------------------------------------------------
     # The shared forward
 
-    def _forward(self, tower: Any, original: Any, pixels: Any, grid_thw: Any) -> Any:
+    def _forward(self, tower: Any, original: Any, deepstack: list[Any], pixels: Any, grid_thw: Any) -> Any:
         import torch
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         unique_pixels, unique_grid, copies = _unique_half(pixels, grid_thw)
         entry = self._lookup(unique_pixels, unique_grid)
         if entry is None:
-            with torch.no_grad():
-                trunk = original(unique_pixels, grid_thw=unique_grid).last_hidden_state
-            entry = _Entry(unique_pixels, unique_grid, trunk, _reverse_window_order(tower, unique_grid))
+            captured: list[Any] = [None] * len(deepstack)
+            hooks = [m.register_forward_pre_hook(_keep_input(captured, i)) for i, m in enumerate(deepstack)]
+            try:
+                with torch.no_grad():
+                    out = original(unique_pixels, grid_thw=unique_grid)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            if any(c is None for c in captured):
+                raise RuntimeError("a DeepStack merger of the vision tower did not run")
+            entry = _Entry(
+                unique_pixels, unique_grid, out.last_hidden_state, _reverse_window_order(tower, unique_grid),
+                type(out), captured,
+            )
             self.entries = [entry, *self.entries][: self.max_entries]
             self.counts.trunk_runs += 1
             self.counts.images_encoded += len(unique_grid)
             self.counts.images_reused += len(unique_grid) * (copies - 1)
         else:
             self.counts.images_reused += len(unique_grid) * copies
+        if len(entry.deepstack) != len(deepstack):
+            raise RuntimeError("the cached trunk output has another number of DeepStack layers than this tower")
 
-        merger = tower.merger
-        frozen_merger = not any(p.requires_grad for p in merger.parameters())
-        merged = entry.merged.get(id(merger)) if frozen_merger else None
-        if merged is None:
-            merged = merger(entry.trunk)[entry.reverse]
-            if frozen_merger:
-                entry.merged[id(merger)] = merged
-        return BaseModelOutputWithPooling(
-            last_hidden_state=torch.cat([entry.trunk] * copies) if copies > 1 else entry.trunk,
-            pooler_output=torch.cat([merged] * copies) if copies > 1 else merged,
-        )
+        def repeat(x: Any) -> Any:
+            return torch.cat([x] * copies) if copies > 1 else x
+
+        fields = {
+            "last_hidden_state": repeat(entry.trunk),
+            "pooler_output": repeat(_merge(tower.merger, entry.trunk, entry, entry.reverse)),
+        }
+        if deepstack:
+            fields["deepstack_features"] = [
+                repeat(_merge(m, h, entry, None)) for m, h in zip(deepstack, entry.deepstack, strict=True)
+            ]
+        return entry.output_type(**fields)
 
     def _lookup(self, pixels: Any, grid_thw: Any) -> _Entry | None:
         import torch
@@ -173,9 +198,33 @@ def _unique_half(pixels: Any, grid_thw: Any) -> tuple[Any, Any, int]:
     return pixels, grid_thw, 1
 
 
+def _merge(merger: Any, hidden: Any, entry: _Entry, reverse: Any) -> Any:
+    """``merger(hidden)`` (back in image order); cached per merger module when it has no trainable parameter."""
+    frozen = not any(p.requires_grad for p in merger.parameters())
+    if frozen and id(merger) in entry.merged:
+        return entry.merged[id(merger)]
+    merged = merger(hidden)
+    if reverse is not None:
+        merged = merged[reverse]
+    if frozen:
+        entry.merged[id(merger)] = merged
+    return merged
+
+
+def _keep_input(captured: list[Any], index: int) -> Any:
+    def hook(module: Any, args: tuple[Any, ...]) -> None:
+        captured[index] = args[0]
+
+    return hook
+
+
 def _reverse_window_order(tower: Any, grid_thw: Any) -> Any:
-    """The permutation the tower applies after its merger: from window order back to image order."""
+    """The permutation a windowed tower (Qwen2.5-VL) applies after its merger: from window order back to image order;
+    ``None`` for towers without window attention (Qwen2-VL, Qwen3-VL)."""
     import torch
+
+    if getattr(tower, "window_size", None) is None:
+        return None
     from transformers.vision_utils import get_vision_window_index
 
     window_index, _ = get_vision_window_index(
@@ -185,14 +234,15 @@ def _reverse_window_order(tower: Any, grid_thw: Any) -> Any:
     return torch.argsort(window_index.to(grid_thw.device))
 
 
-def _trunk_parameters(tower: Any) -> list[tuple[str, Any]]:
-    return [(n, p) for n, p in tower.named_parameters() if not n.startswith("merger.")]
+def _trunk_parameters(tower: Any, projectors: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """The tower's parameters outside its projectors (merger, DeepStack mergers): what must be frozen to share."""
+    return [(n, p) for n, p in tower.named_parameters() if not any(n.startswith(f"{q}.") for q in projectors)]
 
 
-def _same_trunk(a: Any, b: Any) -> bool:
+def _same_trunk(a: Any, b: Any, projectors: tuple[str, ...]) -> bool:
     import torch
 
-    pa, pb = _trunk_parameters(a), _trunk_parameters(b)
+    pa, pb = _trunk_parameters(a, projectors), _trunk_parameters(b, projectors)
     return len(pa) == len(pb) and all(
         na == nb and x.shape == y.shape and torch.equal(x.detach(), y.detach().to(x.device))
         for (na, x), (nb, y) in zip(pa, pb, strict=True)

@@ -1,10 +1,16 @@
 """SFT data: built records -> model inputs, the packing plan, and collators (packed with exact mRoPE, or padded).
 
-Packing puts several records into one row. Qwen2.5-VL attends within each record only and gives each record its
-own multimodal RoPE positions when the row carries ``position_ids`` of shape ``(4, 1, L)``: a text-position row that
-restarts at 0 for every record, followed by each record's own 3-row mRoPE ids (``get_rope_index`` of the model, run
-per record), with ``attention_mask=None``. The text row is what lets transformers find the record boundaries and
-build a block-diagonal causal mask; 1-D or 3-row position ids would silently attend across records.
+Every supported family (``postvl.families``: Qwen2-VL, Qwen2.5-VL, Qwen3-VL dense and MoE) is encoded as its own
+processor would: the family's template renders the text, its image and video processors make the pixels, and a
+Qwen3-VL video carries ``<t seconds>`` and a vision block per temporal patch, stamped from the frames the video
+processor sampled. A processor of any other family fails at once.
+
+Packing puts several records into one row. Each family's decoder attends within each record only and gives each record
+its own multimodal RoPE positions when the row carries ``position_ids`` of shape ``(4, 1, L)``: a text-position row
+that restarts at 0 for every record, followed by each record's own 3-row mRoPE ids (the model's own
+``get_rope_index``, run per record with the record's ``mm_token_type_ids``), with ``attention_mask=None``. The text
+row is what lets transformers find the record boundaries and build a block-diagonal causal mask; 1-D or 3-row
+position ids would silently attend across records.
 """
 
 from __future__ import annotations
@@ -76,7 +82,12 @@ def plan_packing(lengths: Sequence[int], max_length: int) -> PackingPlan:
 
 @dataclass(frozen=True)
 class Example:
-    """One record as model inputs (unbatched tensors)."""
+    """One record as model inputs (unbatched tensors).
+
+    ``image_tokens`` / ``video_tokens`` are what each image and video costs in the text (an int of pads, or for
+    Qwen3-VL videos a ``postvl.media.VideoTokens`` with its timestamps), so that a caller can render other turns
+    around the same media (DPO's rejected side) without running the processors again.
+    """
 
     input_ids: Any  # LongTensor (L,)
     labels: Any  # LongTensor (L,)
@@ -85,19 +96,30 @@ class Example:
     pixel_values_videos: Any | None = None
     video_grid_thw: Any | None = None
     second_per_grid_ts: list[float] | None = None
+    image_tokens: tuple[int, ...] = ()
+    video_tokens: tuple[Any, ...] = ()
 
 
 class RecordEncoder:
     """Turns a built record into model inputs: pixels through the processor, text and labels through the builder.
 
     The labels are exactly the builder's trained spans (assistant turns and their ``<|im_end|>``), see
-    ``postvl.chatml.render.tokenize_with_labels``.
+    ``postvl.chatml.render.tokenize_with_labels``; the template is the processor's family's.
+
+    Raises:
+        UnsupportedFamilyError: the processor belongs to no supported family.
     """
 
     def __init__(self, processor: Any, *, train_turn_newline: bool = False) -> None:
+        from postvl.families import get_family
+
+        self.family = get_family(processor)
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.merge = int(getattr(processor.image_processor, "merge_size", 2))
+        self.merge = int(getattr(processor.image_processor, "merge_size", self.family.merge_size))
+        if self.merge != self.family.merge_size:
+            raise ValueError(f"{self.family.title} merges {self.family.merge_size} x {self.family.merge_size}, "
+                             f"but the image processor has merge_size {self.merge}")
         self.train_turn_newline = train_turn_newline
 
     def __call__(self, record: dict[str, Any], media_root: str | Path | None = None) -> Example:
@@ -106,30 +128,77 @@ class RecordEncoder:
         from postvl.chatml.render import tokenize_with_labels
 
         images = [_load_image(p, media_root) for p in record.get("images") or []]
-        videos = [_load_video(p, media_root, self.processor) for p in record.get("videos") or []]
         out: dict[str, Any] = {}
         image_tokens: list[int] = []
-        video_tokens: list[int] = []
+        video_tokens: list[Any] = []
         if images:
             px = self.processor.image_processor(images=images, return_tensors="pt")
             out["pixel_values"], out["image_grid_thw"] = px["pixel_values"], px["image_grid_thw"]
             image_tokens = (px["image_grid_thw"].prod(-1) // self.merge**2).tolist()
-        if videos:
-            vp = self.processor.video_processor(videos=[v for v, _ in videos], return_tensors="pt")
-            out["pixel_values_videos"], out["video_grid_thw"] = vp["pixel_values_videos"], vp["video_grid_thw"]
-            video_tokens = (vp["video_grid_thw"].prod(-1) // self.merge**2).tolist()
-            temporal = getattr(self.processor.video_processor, "temporal_patch_size", 2)
-            out["second_per_grid_ts"] = [temporal / fps for _, fps in videos]
+        if record.get("videos"):
+            video_tokens = self._videos(record["videos"], media_root, out)
         ids, labels = tokenize_with_labels(
             record["messages"],
-            self.tokenizer,
+            self.processor,  # the processor, not its tokenizer: the renderer reads the family from it
             image_tokens,
             video_tokens,
             train_turn_newline=self.train_turn_newline,
         )
         return Example(
-            input_ids=torch.tensor(ids, dtype=torch.long), labels=torch.tensor(labels, dtype=torch.long), **out
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            labels=torch.tensor(labels, dtype=torch.long),
+            image_tokens=tuple(image_tokens),
+            video_tokens=tuple(video_tokens),
+            **out,
         )
+
+    def _videos(self, paths: Sequence[str], media_root: str | Path | None, out: dict[str, Any]) -> list[Any]:
+        """Pixels of the record's videos into ``out``; returns each video's token count (or layout)."""
+        vp = self.processor.video_processor
+        if not self.family.video_timestamps:
+            videos = [_sample_video(p, media_root, self.processor) for p in paths]
+            enc = vp(videos=[v for v, _ in videos], return_tensors="pt")
+            out["pixel_values_videos"], out["video_grid_thw"] = enc["pixel_values_videos"], enc["video_grid_thw"]
+            if self.family.rope_takes_second_per_grid_ts:
+                temporal = getattr(vp, "temporal_patch_size", self.family.temporal_patch_size)
+                out["second_per_grid_ts"] = [temporal / fps for _, fps in videos]
+            return (enc["video_grid_thw"].prod(-1) // self.merge**2).tolist()
+        return self._timestamped_videos(paths, media_root, out)
+
+    def _timestamped_videos(
+        self, paths: Sequence[str], media_root: str | Path | None, out: dict[str, Any]
+    ) -> list[Any]:
+        """Qwen3-VL: every decoded frame and the container's fps go to the video processor, which samples the frames
+        itself (``do_sample_frames``); each temporal patch is stamped with the mean time of its frames, as
+        ``Qwen3VLProcessor`` writes it. A video without a frame rate is refused (the processor would assume 24 fps).
+        """
+        from transformers.video_utils import VideoMetadata
+
+        from postvl.media import VideoTokens
+
+        frames, metas = [], []
+        for path in paths:
+            clip, fps, full = _decode_video(path, media_root)
+            if not fps or fps <= 0:
+                raise ValueError(f"video {full} has no frame rate: {self.family.title} timestamps need it")
+            frames.append(clip)
+            metas.append(VideoMetadata(total_num_frames=len(clip), fps=fps, frames_indices=list(range(len(clip))),
+                                       height=clip.shape[1], width=clip.shape[2]))
+        enc = self.processor.video_processor(
+            videos=frames, video_metadata=metas, do_sample_frames=True, return_metadata=True, return_tensors="pt"
+        )
+        out["pixel_values_videos"], out["video_grid_thw"] = enc["pixel_values_videos"], enc["video_grid_thw"]
+        tps = self.family.temporal_patch_size
+        counts = []
+        for grid, meta in zip(enc["video_grid_thw"].tolist(), enc["video_metadata"], strict=True):
+            indices = list(meta.frames_indices)
+            indices += [indices[-1]] * (-len(indices) % tps)
+            seconds = [i / meta.fps for i in indices]
+            stamps = tuple((seconds[k] + seconds[k + tps - 1]) / 2 for k in range(0, len(seconds), tps))
+            if len(stamps) != grid[0]:
+                raise RuntimeError(f"{len(stamps)} timestamps for {grid[0]} temporal patches")
+            counts.append(VideoTokens(grid[0], grid[1] * grid[2] // self.merge**2, stamps))
+        return counts
 
 
 def _load_image(path: str, media_root: str | Path | None) -> Any:
@@ -140,18 +209,15 @@ def _load_image(path: str, media_root: str | Path | None) -> Any:
         return img.convert("RGB")
 
 
-def _load_video(path: str, media_root: str | Path | None, processor: Any) -> tuple[Any, float]:
-    """Frames sampled at the video processor's fps (at most ``max_frames``, an even count), and that fps."""
+def _decode_video(path: str, media_root: str | Path | None) -> tuple[Any, float, Path]:
+    """Every frame (RGB, ``(T, H, W, 3)``), the container's fps (0 when it names none), and the full path."""
     import cv2
     import numpy as np
 
     full = Path(media_root) / path if media_root is not None else Path(path)
-    vp = processor.video_processor
-    target_fps = float(getattr(vp, "fps", 2.0) or 2.0)
-    max_frames = int(getattr(vp, "max_frames", 768) or 768)
     cap = cv2.VideoCapture(str(full))
     try:
-        native_fps = cap.get(cv2.CAP_PROP_FPS) or target_fps
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         frames = []
         ok, frame = cap.read()
         while ok:
@@ -161,11 +227,24 @@ def _load_video(path: str, media_root: str | Path | None, processor: Any) -> tup
         cap.release()
     if not frames:
         raise ValueError(f"video {full} has no readable frame")
+    return np.stack(frames), fps, full
+
+
+def _sample_video(path: str, media_root: str | Path | None, processor: Any) -> tuple[Any, float]:
+    """Qwen2-VL / Qwen2.5-VL: frames sampled at the video processor's fps (at most ``max_frames``, an even count),
+    and that fps."""
+    import numpy as np
+
+    frames, native_fps, _ = _decode_video(path, media_root)
+    vp = processor.video_processor
+    target_fps = float(getattr(vp, "fps", 2.0) or 2.0)
+    max_frames = int(getattr(vp, "max_frames", 768) or 768)
+    native_fps = native_fps or target_fps
     duration = len(frames) / native_fps
     n = max(2, min(max_frames, round(duration * target_fps)))
     n -= n % 2
     idx = np.linspace(0, len(frames) - 1, n).round().astype(int)
-    return np.stack([frames[i] for i in idx]), n / duration
+    return frames[idx], n / duration
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -183,12 +262,10 @@ def modality_types(input_ids: Any, image_token_id: int, video_token_id: int) -> 
 
 
 def find_rope_index(model: Any) -> Callable[..., Any]:
-    """The model's own ``get_rope_index`` (looked up through peft / DDP wrappers)."""
-    for module in model.modules():
-        fn = getattr(type(module), "get_rope_index", None)
-        if fn is not None:
-            return module.get_rope_index
-    raise ValueError(f"{type(model).__name__} has no get_rope_index: exact packing needs an mRoPE model (Qwen2-VL)")
+    """The model's own ``get_rope_index`` (through peft / DDP wrappers); a model of no supported family fails here."""
+    from postvl.families import rope_index_fn
+
+    return rope_index_fn(model)
 
 
 def _cat_media(examples: Sequence[Example]) -> dict[str, Any]:
@@ -233,13 +310,11 @@ class PackedCollator:
         rows: list[Any] = []
         for e in examples:
             ids = e.input_ids[None]
-            mrope, _ = self.rope_index(
-                ids,
-                mm_token_type_ids=modality_types(ids, self.image_token_id, self.video_token_id),
-                image_grid_thw=e.image_grid_thw,
-                video_grid_thw=e.video_grid_thw,
-                second_per_grid_ts=None if e.second_per_grid_ts is None else torch.tensor(e.second_per_grid_ts),
-            )
+            kwargs: dict[str, Any] = {"image_grid_thw": e.image_grid_thw, "video_grid_thw": e.video_grid_thw}
+            if e.second_per_grid_ts is not None:  # only families whose rope spaces video patches by time have them
+                kwargs["second_per_grid_ts"] = torch.tensor(e.second_per_grid_ts)
+            types = modality_types(ids, self.image_token_id, self.video_token_id)
+            mrope, _ = self.rope_index(ids, mm_token_type_ids=types, **kwargs)
             text = torch.arange(ids.shape[1], dtype=mrope.dtype)[None, None]
             rows.append(torch.cat([text, mrope]))  # (4, 1, L_i)
         batch = {

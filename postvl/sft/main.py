@@ -5,7 +5,7 @@
         --config configs/sft/qwen2_5_vl_7b_lora.yaml
 
 The YAML holds TRL's ``SFTConfig`` and ``ModelConfig`` keys (every TRL option works) next to ours
-(``postvl.sft.config``). Data comes from ``postvl build`` folders; labels are the builder's assistant spans.
+(``postvl.training.config``). Data comes from ``postvl build`` folders; labels are the builder's assistant spans.
 ``packing: true`` packs records into rows of ``max_length`` tokens with per-record mRoPE positions and no attention
 across records (TRL refuses packing for vision data); records longer than ``max_length`` are skipped and listed in
 ``OUTPUT_DIR/skipped.jsonl``, never truncated.
@@ -25,16 +25,15 @@ logger = logging.getLogger(__name__)
 def make_parser():
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    from postvl.sft.config import DataArguments, OutputArguments, VisionArguments
+    from postvl.training.config import DataArguments, LMHeadArguments, OutputArguments, VisionArguments
 
-    return TrlParser((DataArguments, VisionArguments, OutputArguments, SFTConfig, ModelConfig))
+    return TrlParser((DataArguments, VisionArguments, LMHeadArguments, OutputArguments, SFTConfig, ModelConfig))
 
 
 def main(argv: list[str] | None = None) -> int:
     from trl import SFTTrainer
 
     from postvl.modeling import freeze_vision, load_model_and_processor
-    from postvl.sft import train as lib
     from postvl.sft.data import (
         PackedCollator,
         PaddedCollator,
@@ -43,14 +42,24 @@ def main(argv: list[str] | None = None) -> int:
         find_rope_index,
         plan_packing,
     )
+    from postvl.training.data import check_dataset_families, load_mixed_records, resolve_pixel_limits
+    from postvl.training.lm_head import use_lm_head
+    from postvl.training.model import check_vision_frozen, lora_config
+    from postvl.training.outputs import (
+        plot_log_history,
+        resume_value,
+        save_final,
+        save_parameter_table,
+        write_skipped,
+    )
 
-    data, vision, output, args, model_args = make_parser().parse_args_and_config(argv)
+    data, vision, head, output, args, model_args = make_parser().parse_args_and_config(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING)
     if args.max_length is None:
         raise ValueError("max_length must be set: records longer than it are skipped, never truncated")
 
     # Load: pixel limits first (the dataset's, unless overridden consistently), then model, processor and records.
-    min_pixels, max_pixels = lib.resolve_pixel_limits(data.datasets, vision)
+    min_pixels, max_pixels = resolve_pixel_limits(data.datasets, vision)
     model, processor = load_model_and_processor(
         model_args.model_name_or_path,
         dtype=model_args.dtype or "auto",
@@ -59,10 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         min_pixels=min_pixels,
         max_pixels=max_pixels,
     )
+    check_dataset_families(data.datasets, model)
     if vision.freeze_vision:
-        freeze_vision(model, train_merger=vision.train_merger, unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks)
-    peft_config = lib.lora_config(model, model_args, vision)
-    records = lib.load_mixed_records(data)
+        freeze_vision(
+            model,
+            train_merger=vision.train_merger,
+            train_deepstack_mergers=vision.train_deepstack_mergers,
+            unfreeze_last_n_blocks=vision.unfreeze_last_n_blocks,
+        )
+    peft_config = lora_config(model, model_args, vision)
+    records = load_mixed_records(data)
     encoder = RecordEncoder(processor)
 
     # Plan: bins of records by their stored token counts.
@@ -83,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         too_long = [k for k, n in enumerate(lengths) if n > args.max_length]
         bins = [[k] for k, n in enumerate(lengths) if n <= args.max_length]
-    lib.write_skipped(Path(args.output_dir), records, lengths, too_long, args.max_length)
+    write_skipped(Path(args.output_dir), records, lengths, too_long, args.max_length)
     cfg = model.config
     if args.packing:
         collator = PackedCollator(records, encoder, find_rope_index(model), cfg.image_token_id, cfg.video_token_id)
@@ -108,22 +123,28 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=processor,
         peft_config=peft_config,
     )
-    lib.check_vision_frozen(trainer.model, vision)
-    table = lib.save_parameter_table(trainer.model, args.output_dir)
+    check_vision_frozen(trainer.model, vision)
+    lm_head, head_counts = use_lm_head(
+        trainer, head.lm_head, max_logits_gb=head.lm_head_max_logits_gb, token_metrics=head.token_metrics
+    )
+    logger.info("LM head of the loss: %s", lm_head)
+    table = save_parameter_table(trainer.model, args.output_dir)
     logger.info("trainable parameters:\n%s", table)
-    trainer.train(resume_from_checkpoint=lib.resume_value(args.resume_from_checkpoint))
+    trainer.train(resume_from_checkpoint=resume_value(args.resume_from_checkpoint))
 
     # Save: model or adapter + processor (pixel limits included), merged model, loss curve, summary.
-    paths = lib.save_final(trainer, processor, args.output_dir, merge_adapter=output.merge_adapter)
+    paths = save_final(trainer, processor, args.output_dir, merge_adapter=output.merge_adapter)
     if trainer.accelerator.is_main_process:
         if output.plot:
-            lib.plot_log_history(trainer.state.log_history, Path(args.output_dir) / "loss.png")
+            plot_log_history(trainer.state.log_history, Path(args.output_dir) / "loss.png")
         summary = {
             "records": len(records),
             "rows": len(bins),
             "skipped_too_long": len(too_long),
             "steps": trainer.state.global_step,
             "processes": trainer.accelerator.num_processes,
+            "lm_head": lm_head,
+            "lm_head_calls": f"{head_counts.plain} plain, {head_counts.fused} fused",
             "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
             **paths,
         }

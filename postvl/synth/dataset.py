@@ -1,8 +1,8 @@
 """Plan and write a synthetic dataset: which record is which kind or defect, then the records, media and README.
 
-The plan is a pure function of ``(n, seed, defect_rate, videos)``: clean kinds take turns, defects take turns, and
-one seeded shuffle orders them; each record then draws from its own generator (``random.Random(f"{seed}:{index}")``),
-so the same config gives byte-identical ``train.jsonl`` and media.
+The plan is a pure function of ``(n, seed, defect_rate, videos, kinds)``: clean kinds take turns, defects take
+turns, and one seeded shuffle orders them; each record then draws from its own generator
+(``random.Random(f"{seed}:{index}")``), so the same config gives byte-identical ``train.jsonl`` and media.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class SynthConfig:
         seed: the seed; equal configs give byte-identical outputs.
         defect_rate: share of records with a planted defect (``postvl.synth.defects``).
         videos: include the video kind (needs OpenCV).
+        kinds: the clean kinds to draw (default: all); planted defects keep the kinds they are made from.
         pairs: preference pairs to write to ``preference.jsonl`` (default: a quarter of ``n``; 0: none).
         overwrite: replace the outputs of an earlier run in ``out``.
     """
@@ -48,6 +49,7 @@ class SynthConfig:
     seed: int = 0
     defect_rate: float = 0.15
     videos: bool = True
+    kinds: tuple[str, ...] | None = None
     pairs: int | None = None
     overwrite: bool = False
 
@@ -62,6 +64,10 @@ class SynthConfig:
             errors.append(f"out {self.out!r} is a file, not a folder")
         elif not self.overwrite and any((out / name).exists() for name in OUTPUTS):
             errors.append(f"out {self.out!r} already holds a dataset; pass --overwrite to replace it")
+        if self.kinds is not None:
+            unknown = [k for k in self.kinds if k not in KINDS]
+            if unknown or not self.kinds:
+                errors.append(f"kinds {list(self.kinds)}: unknown {unknown}; known: {', '.join(KINDS)}")
         if self.pairs is not None and self.pairs < 0:
             errors.append(f"pairs must be >= 0, got {self.pairs}")
         if errors:
@@ -88,7 +94,7 @@ class SynthResult:
 
 def plan(cfg: SynthConfig) -> list[Slot]:
     """The kind and defect of every record, in output order; duplicates come after the record they copy."""
-    kinds = [k for k in KINDS if cfg.videos or k != "video_direction"]
+    kinds = [k for k in KINDS if (cfg.videos or k != "video_direction") and (cfg.kinds is None or k in cfg.kinds)]
     n_defects = round(cfg.n * cfg.defect_rate)
     names = list(DEFECTS)
     slots = [Slot(kinds[i % len(kinds)]) for i in range(cfg.n - n_defects)]
@@ -344,7 +350,7 @@ def readme(cfg: SynthConfig, records: list[dict[str, Any]]) -> str:
     types = Counter(str(r["answer_type"]) for r in records)
     langs = Counter(r["meta"]["lang"] for r in records)
     stages = Counter(r["meta"]["expected_rejection"]["stage"] for r in defects)
-    video_flag = "" if cfg.videos else " --no-videos"
+    video_flag = ("" if cfg.videos else " --no-videos") + (f" --kinds {','.join(cfg.kinds)}" if cfg.kinds else "")
     lines = [
         "# Synthetic multimodal data with ground truth",
         "",

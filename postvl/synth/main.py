@@ -1,6 +1,6 @@
 """``postvl synth``: a small synthetic multimodal dataset with ground truth, planted defects and a README.
 
-    postvl synth runs/synth [--n 200] [--seed 0] [--defect-rate 0.15] [--no-videos] [--overwrite]
+    postvl synth runs/synth [--n 200] [--seed 0] [--defect-rate 0.15] [--no-videos] [--kinds a,b] [--overwrite]
     postvl build runs/synth/train.jsonl --out runs/chatml
 
 Writes ``OUT/train.jsonl`` (TRL messages format plus ``answer``, ``answer_type`` and ``meta``), ``OUT/images/``,
@@ -31,6 +31,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed; equal arguments give identical files")
     parser.add_argument("--defect-rate", type=float, default=0.15, help="share of defective records (default 0.15)")
     parser.add_argument("--no-videos", action="store_true", help="leave out the video kind (no OpenCV needed)")
+    parser.add_argument("--kinds", help="comma-separated clean kinds to draw (default: all; see OUT/README.md)")
     parser.add_argument("--pairs", type=int, help="DPO pairs in preference.jsonl (default: a quarter of --n)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier dataset in OUT")
     return parser
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         defect_rate=args.defect_rate,
         videos=not args.no_videos,
+        kinds=tuple(args.kinds.split(",")) if args.kinds else None,
         pairs=args.pairs,
         overwrite=args.overwrite,
     )

@@ -34,8 +34,12 @@ def test_llamafactory_mllm_demo_role_content_with_image_tags():
 
 def test_llamafactory_dataset_info_ranking_entry_gives_preference_records():
     ((path, options),) = dataset_info_entries(LF / "dataset_info.json", ["dpo_en_demo"])
-    assert path == LF / "dpo_en_demo.json" and options["ranking"] and options["columns"]["messages"] == "conversations"
-    rows = json.loads(path.read_text())
+    assert (
+        Path(path) == LF / "dpo_en_demo.json"
+        and options["ranking"]
+        and options["columns"]["messages"] == "conversations"
+    )
+    rows = json.loads(Path(path).read_text())
     first = to_draft(rows[0], fmt="auto", source="s:1", options=options)
     assert first["prompt"][0]["role"] == "user" and first["chosen"][0]["role"] == "assistant"
     assert first["chosen"][0]["content"][0]["text"].startswith("That sounds like a fun")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from hostile_media import png_header_only
 
 from postvl.chatml.build import BuildConfig, run_build
 from postvl.chatml.formats import to_draft
@@ -31,6 +32,7 @@ def media(tmp_path_factory) -> Path:
     Image.new("RGB", (402, 2)).save(root / "sliver.png")
     (root / "empty.png").write_bytes(b"")
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    (root / "bomb.png").write_bytes(png_header_only(60000, 60000))  # PIL itself refuses to open it
     writer = cv2.VideoWriter(str(root / "one.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
     writer.write(np.zeros((48, 64, 3), np.uint8))
     writer.release()
@@ -84,6 +86,7 @@ REJECTS: list[tuple[str, dict | bytes]] = [
     ("missing_media", _sharegpt("<image>What?", "x", ["nope.png"])),
     ("empty_media", _sharegpt("<image>What?", "x", ["empty.png"])),
     ("corrupt_media", _sharegpt("<image>What?", "x", ["corrupt.png"])),
+    ("media_too_large", _sharegpt("<image>What?", "x", ["bomb.png"])),
     ("extreme_aspect_ratio", _sharegpt("<image>What?", "x", ["sliver.png"])),
     (
         "video_too_short",

@@ -17,11 +17,12 @@ TINY = CONFIGS / "tiny_cpu.yaml"
 def test_dpo_configs_parse_and_start_with_their_command(path, cpu_env):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and ("postvl dpo" in first or "-m postvl.dpo" in first) and path.name in first
-    data, vision, dpo, output, args, model_args = make_parser().parse_args_and_config(
+    data, vision, dpo, head, output, args, model_args = make_parser().parse_args_and_config(
         ["--config", str(path), "--use_cpu", "true", "--bf16", "false"]
     )
     assert data.datasets and args.max_length and model_args.model_name_or_path
     assert vision.freeze_vision and dpo.share_vision_features and args.num_train_epochs == 1
+    assert head.lm_head == "auto"
     assert args.loss_type == ["sigmoid"]
 
 

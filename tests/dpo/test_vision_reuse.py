@@ -16,7 +16,7 @@ from postvl.dpo.vision_cache import SharedVisionFeatures
 from postvl.io import read_stage
 from postvl.modeling import freeze_vision, load_model_and_processor
 from postvl.sft.data import RecordList
-from postvl.sft.train import manifest_media_root, read_manifest
+from postvl.training.data import manifest_media_root, read_manifest
 
 RTOL = 1e-5
 
@@ -195,3 +195,77 @@ def test_precomputed_reference_log_probs_equal_the_per_step_reference(tiny_model
         rows = precomputed[start : start + 4]
         assert torch.allclose(torch.tensor(rows["ref_chosen_logps"]), chosen, rtol=RTOL)
         assert torch.allclose(torch.tensor(rows["ref_rejected_logps"]), rejected, rtol=RTOL)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Every family: the same equality, DeepStack features included
+
+
+@pytest.fixture(scope="module")
+def raw_pairs(colour_pairs):
+    """The colour pairs as written (TRL's preference rows), read straight: no build, so any family can encode them."""
+    import json
+    from pathlib import Path
+
+    raw = Path(colour_pairs).parent / "raw"
+    rows = [json.loads(line) for line in (raw / "pairs.jsonl").read_text().splitlines()]
+    return RecordList(rows, str(raw))
+
+
+def _family_loss_and_grads(model_dir, records, tmp_path, *, lora, share):
+    from postvl.modeling import projector_modules
+
+    model, processor = load_model_and_processor(model_dir, dtype="float32")
+    freeze_vision(model, train_merger=True)
+    ref = None if lora else frozen_copy(model)
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        from postvl.modeling import lora_target_regex
+
+        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=lora_target_regex(model),
+                                 modules_to_save=projector_modules(model, train_merger=True), task_type="CAUSAL_LM")
+    shared = SharedVisionFeatures()
+    args = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, gradient_checkpointing=False,
+                     report_to="none", remove_unused_columns=False, beta=0.5, seed=0)
+    trainer = make_trainer(model=model, ref_model=ref, args=args, train_dataset=index_dataset([0, 1, 2]),
+                           data_collator=lambda f: f, processing_class=processor, peft_config=peft_config)
+    if share:
+        for m in (trainer.model, trainer.ref_model):
+            if m is not None:
+                shared.install(m)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    batch = _batch(processor, model, records, [0, 1, 2])
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads, shared.counts
+
+
+@pytest.mark.parametrize(
+    ("family", "lora"),
+    [("qwen2_vl", False), ("qwen2_5_vl", False), ("qwen3_vl", False), ("qwen3_vl", True), ("qwen3_vl_moe", False)],
+)
+def test_every_family_shares_vision_features_exactly(tiny_family_model, raw_pairs, tmp_path, family, lora):
+    model_dir = tiny_family_model(family)
+    base = _family_loss_and_grads(model_dir, raw_pairs, tmp_path / "trl", lora=lora, share=False)
+    ours = _family_loss_and_grads(model_dir, raw_pairs, tmp_path / "ours", lora=lora, share=True)
+    assert _rel(ours[0], base[0]) < RTOL
+    assert base[1].keys() == ours[1].keys()
+    assert any(".merger." in n for n in base[1])
+    deepstack = [n for n in base[1] if "deepstack_merger_list" in n]
+    assert bool(deepstack) == family.startswith("qwen3")  # DeepStack mergers train (with train_merger) and ...
+    errors = {name: _rel(ours[1][name], base[1][name]) for name in base[1]}
+    for name, err in errors.items():
+        assert err < RTOL, name
+    print(f"{family}{' lora' if lora else ''}: loss rel. error {_rel(ours[0], base[0]):.1e}, max gradient rel. "
+          f"error {max(errors.values()):.1e} over {len(errors)} tensors")  # shown with pytest -rP
+    assert all(base[1][n].norm() > 0 for n in deepstack)  # ... get their gradients through the shared features
+    counts = ours[2]
+    assert (counts.trunk_runs, counts.images_encoded, counts.images_reused) == (1, 3, 9)

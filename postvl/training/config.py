@@ -43,9 +43,13 @@ class VisionArguments:
     """The vision tower and the pixel limits.
 
     Attributes:
-        freeze_vision: freeze the ViT (patch embedding + blocks), as the Qwen2.5-VL report does in SFT and DPO.
+        freeze_vision: freeze the ViT (patch embedding, Qwen3-VL's position embedding, blocks), as the Qwen2.5-VL
+            report does in SFT and DPO.
         train_merger: keep the merger (vision-to-language projector) trainable; with LoRA it is saved with the
             adapter (peft ``modules_to_save``).
+        train_deepstack_mergers: Qwen3-VL: keep the DeepStack mergers (``deepstack_merger_list``) trainable;
+            default: as ``train_merger``. LLaMA-Factory freezes them with the ViT; ms-swift trains them with the
+            merger.
         unfreeze_last_n_blocks: keep the last N ViT blocks trainable (full fine-tuning only).
         min_pixels, max_pixels: image pixel limits; default: those the dataset was built with (its manifest). A
             value that conflicts with the dataset's is an error, since the dataset's token counts and rescaled
@@ -54,6 +58,9 @@ class VisionArguments:
 
     freeze_vision: bool = field(default=True, metadata={"help": "freeze ViT patch embedding + blocks"})
     train_merger: bool = field(default=True, metadata={"help": "train the merger"})
+    train_deepstack_mergers: bool | None = field(
+        default=None, metadata={"help": "Qwen3-VL: train the DeepStack mergers (default: as train_merger)"}
+    )
     unfreeze_last_n_blocks: int = field(default=0, metadata={"help": "keep the last N ViT blocks trainable"})
     min_pixels: int | None = field(default=None, metadata={"help": "image min pixels (default: dataset's)"})
     max_pixels: int | None = field(default=None, metadata={"help": "image max pixels (default: dataset's)"})
@@ -76,3 +83,30 @@ class OutputArguments:
 
     merge_adapter: bool = field(default=True, metadata={"help": "with LoRA, also save OUTPUT_DIR/merged"})
     plot: bool = field(default=True, metadata={"help": "save OUTPUT_DIR/loss.png"})
+
+
+@dataclass
+class LMHeadArguments:
+    """The LM head of the loss (``postvl.training.lm_head``): TRL's fused head or a plain matmul.
+
+    Attributes:
+        lm_head: ``auto`` (TRL's fused head on a Triton GPU, the plain head elsewhere while its logits fit
+            ``lm_head_max_logits_gb``), ``fused`` (always TRL's) or ``plain`` (always the plain head). Both give the
+            same losses and gradients.
+        lm_head_max_logits_gb: the memory ``auto`` lets the plain head's logits take per batch (trained tokens x
+            vocabulary x 8 bytes); a batch over it goes through TRL's fused head.
+        token_metrics: log entropy and top-1 token accuracy (DPO: also the mean logits) from the plain head's logits;
+            off saves their cost and logs them as NaN.
+    """
+
+    lm_head: str = field(default="auto", metadata={"help": "auto | fused | plain"})
+    lm_head_max_logits_gb: float = field(default=2.0, metadata={"help": "memory auto lets plain logits take"})
+    token_metrics: bool = field(default=True, metadata={"help": "log entropy / token accuracy (plain head)"})
+
+    def __post_init__(self) -> None:
+        from postvl.training.lm_head import LM_HEAD_PATHS
+
+        if self.lm_head not in LM_HEAD_PATHS:
+            raise ValueError(f"lm_head must be one of {LM_HEAD_PATHS}, got {self.lm_head!r}")
+        if self.lm_head_max_logits_gb <= 0:
+            raise ValueError(f"lm_head_max_logits_gb must be > 0, got {self.lm_head_max_logits_gb}")

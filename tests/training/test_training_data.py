@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from postvl.chatml.main import main as build_main
-from postvl.sft.config import DataArguments
-from postvl.sft.train import load_mixed_records
+from postvl.training.config import DataArguments
+from postvl.training.data import load_mixed_records
 
 FORMATS = Path(__file__).parents[1] / "data" / "formats"
 
