@@ -1,11 +1,13 @@
 # The two set-up commands of the README: `make demo` and `make test`. Each builds .venv first when it is
-# missing or stale (scripts/setup_venv.sh decides).
+# missing or stale (scripts/setup_venv.sh decides). `make bench` does the same, adds the `bench` extras (peers that
+# only the benchmarks use) and runs every script of benchmarks/, printing one table of the headline ratios.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: venv test test-fast test-gpu demo lint clean
+.PHONY: venv test test-fast test-gpu demo bench bench-extras lint clean
 
 venv:
 	@bash scripts/setup_venv.sh
@@ -22,6 +24,13 @@ test-gpu: venv
 
 demo: venv
 	bash scripts/demo.sh $(DEMO_DIR)
+
+bench-extras: venv
+	VENV=$(VENV) bash scripts/install_extras.sh bench
+
+# Fails (exit 1) when any benchmark is missing, fails or prints no RESULT line; the table is printed either way.
+bench: bench-extras
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check postvl tests benchmarks scripts

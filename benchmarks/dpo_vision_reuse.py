@@ -8,7 +8,7 @@ runs LoRA DPO training steps (TRL's ``DPOTrainer.training_step``: policy forward
 the adapter disabled; merger trained) on the same batches, in fresh processes, alternating ``trl, shared, trl,
 shared, ...`` so machine noise hits both. Reported: median step time per variant and the peak resident memory of
 each process (``resource.getrusage`` ``ru_maxrss``: whole-process RSS high-water mark, before and after training).
-The last line is ``speedup: X.XX`` (TRL's step time / the shared one).
+Then ``speedup: X.XX`` (TRL's step time / the shared one) and the same as a ``RESULT`` line.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def main() -> int:
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "DATA", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(measure_memory(*args.child, batch=args.batch)))
+        print("MEMORY " + json.dumps(measure_memory(*args.child, batch=args.batch)))
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,8 +177,8 @@ def main() -> int:
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"{variant} memory run failed:\n{proc.stderr[-3000:]}")
-            line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-            memory[variant] = json.loads(line[len("RESULT "):])
+            line = next(x for x in proc.stdout.splitlines() if x.startswith("MEMORY "))
+            memory[variant] = json.loads(line[len("MEMORY "):])
         timing = measure_time(str(model_dir), str(data_dir), args.steps, args.batch)
 
     print(f"pairs/step {args.batch}, image {args.image_size}px, {timing['tokens']} tokens/step "
@@ -193,6 +193,8 @@ def main() -> int:
     diff = max(abs(a - b) for a, b in zip(timing["trl"]["loss"], timing["shared"]["loss"], strict=True))
     print(f"max loss difference between the variants over {args.steps} batches: {diff:.2e}")
     print(f"speedup: {median['trl'] / median['shared']:.2f}")
+    print(f"RESULT dpo_shared_vision_vs_trl {median['trl'] / median['shared']:.2f} x | median DPO step time, TRL's "
+          f"default path ({median['trl']:.3f} s) / vision features shared ({median['shared']:.3f} s), same losses")
     return 0
 
 

@@ -4,7 +4,8 @@
     python benchmarks/filter_throughput.py -n 20000 --per-filter --rss 20000 200000 --num-proc 2
 
 The peer is datatrove's ``GopherRepetitionFilter`` (one filter; we run all of ours). It is a benchmark-only
-dependency: ``pip install datatrove spacy`` (without them the peer is skipped and no speedup is printed).
+dependency, in the ``bench`` extra that ``make bench`` installs (``pip install -e '.[bench]'``); without it the
+script fails, since the comparison is its headline.
 
 Builds N synthetic records (English and Chinese answers across all eight domains, with grounding JSON, document
 HTML and code, and a share of defects: loops, truncation, bad boxes, duplicates), writes them as JSONL and Parquet,
@@ -15,14 +16,16 @@ then times:
   copy with no rows made at all (Arrow table in, Arrow table out);
 - the rules alone: ``RuleRunner`` with the default policy over records in memory;
 - the rule stage: read JSONL -> rules -> write kept and rejected JSONL;
-- ``postvl filter --only rules`` itself (``run_filter``: Parquet stage folder in, stage folder out), with and without
-  near-duplicate detection, in one process (and with ``--num-proc`` workers when asked);
+- ``postvl filter --only rules`` itself (``run_filter``: Parquet stage folder in, stage folder out), with all default
+  rules, without the embedding relevance check (the one model in the rules: it embeds the answers of the records
+  it judges), and without near-duplicate detection, in one process (and with ``--num-proc`` workers when asked);
 - the peer: datatrove's ``GopherRepetitionFilter`` on the answers of the first 20k records;
 - peak RSS of ``postvl filter --only rules`` in a fresh process at each ``--rss`` size (the dedup state grows with
   the records; everything else streams).
 
-Prints records/s for each, the stage / floor ratios, and on its last line ``speedup: X.XX``: our rule stage's
-records/s (``run_filter``, one process, all rules) over the peer's.
+Prints records/s for each, the stage / floor ratios, then ``RESULT`` lines (``make bench`` collects them): our rule
+stage's records/s (``run_filter``, one process) over the peer's, with all rules and without the embedding relevance
+check; without the embedding check over the Parquet floor; the peak RSS ratio between the ``--rss`` sizes.
 """
 
 from __future__ import annotations
@@ -283,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         write_stage_folder(stage_dir, records)
         no_near = tmp_dir / "no_near.yaml"
         write_config_without(args.config, no_near, "near_dedup")
+        no_relevance = tmp_dir / "no_relevance.yaml"
+        write_config_without(args.config, no_relevance, "relevance")
         filter_all = _timed(lambda: run_stage(stage_dir, tmp_dir / "f_all", args.config), repeat)
+        filter_no_rel = _timed(lambda: run_stage(stage_dir, tmp_dir / "f_no_rel", str(no_relevance)), repeat)
         filter_no_near = _timed(lambda: run_stage(stage_dir, tmp_dir / "f_no_near", str(no_near)), repeat)
         filter_procs = None
         if args.num_proc > 1:
@@ -301,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "rule stage, jsonl (read+rules+write)": n / stage_jsonl,
         "rule stage, parquet (read+rules+write)": n / stage_parquet,
         "postvl filter --only rules, all rules": n / filter_all,
+        "postvl filter --only rules, no relevance": n / filter_no_rel,
         "postvl filter --only rules, no near_dedup": n / filter_no_near,
     }
     if filter_procs is not None:
@@ -329,20 +336,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_filter:
         _per_filter(records[:20_000], args.config)
     records.clear()  # the RSS runs below start from a small parent
+    peaks = {}
     if args.rss:
         print("\npeak RSS of `postvl filter --only rules` in a fresh process:")
-        peaks = {}
         for count in args.rss:
             peaks[count] = measure_rss(count, args.config, args.seed)
             print(f"  {count:>9,} records: {peaks[count] / 2**20:8.1f} MiB")
         if len(peaks) > 1:
             lo, hi = min(peaks), max(peaks)
             print(f"  RSS at {hi:,} / at {lo:,}: {peaks[hi] / peaks[lo]:.2f}x")
-    if peer is not None:
-        print(f"\npeer (datatrove GopherRepetitionFilter, {len(texts):,} records): {peer:,.0f} records/s")
-        print(f"speedup: {rate['postvl filter --only rules, all rules'] / peer:.2f}")
-    else:
-        print("\npeer skipped: pip install datatrove spacy (benchmark-only) to compare")
+    print(f"\npeer (datatrove GopherRepetitionFilter, {len(texts):,} records): {peer:,.0f} records/s")
+    no_rel_rate = rate["postvl filter --only rules, no relevance"]
+    print(f"speedup: {all_rate / peer:.2f} (without the embedding relevance check: {no_rel_rate / peer:.2f})")
+    print(
+        f"RESULT filter_vs_datatrove {all_rate / peer:.2f} x | postvl filter, all default rules incl. embedding "
+        f"relevance ({all_rate:,.0f} rec/s, {n:,} records) / datatrove GopherRepetitionFilter ({peer:,.0f} rec/s)"
+    )
+    print(
+        f"RESULT filter_no_relevance_vs_datatrove {no_rel_rate / peer:.2f} x | postvl filter without the embedding "
+        f"relevance check ({no_rel_rate:,.0f} rec/s) / datatrove GopherRepetitionFilter ({peer:,.0f} rec/s)"
+    )
+    print(
+        f"RESULT filter_no_relevance_vs_parquet_floor {no_rel_rate / floor_parquet_rate:.2f} x | postvl filter "
+        f"w/o the embedding check ({no_rel_rate:,.0f}/s) / Parquet rows read+written ({floor_parquet_rate:,.0f}/s)"
+    )
+    if len(peaks) > 1:
+        lo, hi = min(peaks), max(peaks)
+        print(
+            f"RESULT filter_rss_growth {peaks[hi] / peaks[lo]:.2f} x | peak RSS of postvl filter at {hi:,} records "
+            f"({peaks[hi] / 2**20:.0f} MiB) / at {lo:,} ({peaks[lo] / 2**20:.0f} MiB)"
+        )
     return 0
 
 
@@ -390,13 +413,15 @@ def run_stage(stage_dir: Path, out: Path, config: str, num_proc: int = 1) -> Non
     run_filter(cfg, progress=False)
 
 
-def peer_rate(texts: list[str]) -> float | None:
-    """Records/s of datatrove's GopherRepetitionFilter on ``texts`` (None when datatrove is not installed)."""
+def peer_rate(texts: list[str]) -> float:
+    """Records/s of datatrove's GopherRepetitionFilter on ``texts``."""
     try:
         from datatrove.data import Document
         from datatrove.pipeline.filters import GopherRepetitionFilter
-    except ImportError:
-        return None
+    except ImportError as err:
+        raise SystemExit(
+            f"the peer needs the benchmark extras ({err}): pip install -e '.[bench]' (or run `make bench`)"
+        ) from None
     filt = GopherRepetitionFilter()
     docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
     filt.filter(docs[0])  # loads its word tokenizer

@@ -8,8 +8,8 @@ Builds a tiny random Qwen2.5-VL (the real architecture) in a temporary folder un
 the same prompts (one PIL image each) and samples ``k`` answers per prompt with both backends of
 ``postvl.generation`` (transformers first, so that vLLM's CPU thread binding cannot slow it down). ``ignore_eos``
 makes every sample exactly ``max_tokens`` long, so both backends generate the same number of tokens. Engine and
-model start-up (and one warm-up call) are timed and printed separately and excluded from the rates. The last line is
-``speedup: X.XX`` (vLLM tokens/s over transformers tokens/s).
+model start-up (and one warm-up call) are timed and printed separately and excluded from the rates. Then
+``speedup: X.XX`` (vLLM tokens/s over transformers tokens/s) and the same as a ``RESULT`` line.
 """
 
 from __future__ import annotations
@@ -47,11 +47,13 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     from PIL import Image
 
     from postvl.chatml.render import render
+    from postvl.families import get_family
     from postvl.generation import Request, SamplingParams, TransformersGenerator, VLLMGenerator
     from postvl.media import PixelConfig
     from postvl.modeling import TINY_MAX_PIXELS, TINY_MIN_PIXELS, build_tiny_model
 
     model = args.model or str(build_tiny_model(tmp / "model", vocab=args.vocab))
+    family = get_family(model)  # the model's own chat template decides the prompt text
     pixels = PixelConfig(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS) if not args.model else None
     questions = ["What is shown here?", "How many squares are there?", "Which colour dominates?", "Describe it."]
     requests = []
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": questions[i % len(questions)]}]}
         ]
         image = Image.new("RGB", (112, 112), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256))
-        requests.append(Request(render(messages, add_generation_prompt=True), (image,), key=f"q{i}"))
+        requests.append(Request(render(messages, family=family, add_generation_prompt=True), (image,), key=f"q{i}"))
     params = SamplingParams(n=args.k, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, seed=0, ignore_eos=True)
     warmup = SamplingParams(n=2, max_tokens=4, seed=0, ignore_eos=True)
     print(f"{model}: {args.prompts} prompts x k={args.k} x {args.max_tokens} tokens (ignore_eos), one image each")
@@ -91,6 +93,11 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         del generator
     print(f"both backends generated {args.prompts * args.k * args.max_tokens} tokens")
     print(f"speedup: {results['vllm'] / results['transformers']:.2f}")
+    print(
+        f"RESULT sampling_vllm_vs_transformers {results['vllm'] / results['transformers']:.2f} x | generated tok/s, "
+        f"vLLM ({results['vllm']:,.0f}) / transformers generate ({results['transformers']:,.0f}); "
+        f"{args.prompts} image prompts, k={args.k}, {args.max_tokens} tokens"
+    )
 
 
 if __name__ == "__main__":

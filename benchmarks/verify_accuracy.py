@@ -2,14 +2,16 @@
 
     python benchmarks/verify_accuracy.py [PATH] [--defaults]
 
-Each line of PATH (default ``../shared/reference/answer_pairs.jsonl`` next to the repository root) holds a ``gold``
+Each line of PATH (default ``tests/data/math_verify_answer_pairs.jsonl``: Math-Verify's own test cases, each line
+naming its source test and commit) holds a ``gold``
 and a ``pred`` answer, ``expected`` (whether the two must be judged EQUAL; ``false`` lines are cases that must be told
 apart) and the Math-Verify settings the case was written for in ``config``: ``match_types`` (latex / expr),
 ``precision`` (float rounding), ``strict`` and ``allow_set_relation_comp``; an empty config means Math-Verify's
 defaults. A case scores when ``verify(pred, gold, "math").correct == expected``. By default each line's settings
 are passed through ``VerifyConfig``; ``--defaults`` runs every line with postvl's defaults instead.
 
-Prints accuracy per source test, per config and per category, the failures, and last ``accuracy: X.XXXX``.
+Prints accuracy per source test, per config and per category, the failures, ``accuracy: X.XXXX`` and a ``RESULT``
+line (``make bench`` collects it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from postvl.rejection_sampling.verify import VerifyConfig, verify
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PATH = REPO_ROOT / ".." / "shared" / "reference" / "answer_pairs.jsonl"
+DEFAULT_PATH = REPO_ROOT / "tests" / "data" / "math_verify_answer_pairs.jsonl"
 
 
 def config_for(line_config: dict) -> VerifyConfig:
@@ -89,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(f"\n{right}/{total} cases in {elapsed:.1f} s ({'postvl defaults' if args.defaults else 'per-line config'})")
     print(f"accuracy: {right / total:.4f}")
+    settings = "postvl defaults" if args.defaults else "per-line config"
+    print(
+        f"RESULT verify_math_agreement {right / total:.4f} fraction | {right}/{total} of Math-Verify's own "
+        f"equivalence cases judged as its tests expect ({settings})"
+    )
     return 0
 
 

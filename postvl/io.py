@@ -747,10 +747,15 @@ class StageWriter:
         detail: str = "",
         record: Mapping[str, Any] | None = None,
         raw: str | None = None,
+        stage: str | None = None,
     ) -> None:
-        """Count a rejected record and write its line: id, reason, stage, source and the record (or raw text)."""
+        """Count a rejected record and write its line: id, reason, stage, source and the record (or raw text).
+
+        ``stage`` names an earlier stage that rejected the record (a build run in-process on raw input); default:
+        this writer's stage.
+        """
         self._check_open()
-        line: dict[str, Any] = {"id": record_id, "reason": reason, "stage": self.stage, "source": source}
+        line: dict[str, Any] = {"id": record_id, "reason": reason, "stage": stage or self.stage, "source": source}
         if detail:
             line["detail"] = detail
         if record is not None:

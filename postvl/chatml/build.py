@@ -516,7 +516,8 @@ def stage_from_inputs(
 
     Every stage after ``build`` accepts a stage folder or any input ``postvl build`` accepts; raw data is built here
     (this rank's shard; rank 0 merges) with ``build_options`` (``BuildConfig`` fields such as ``format``,
-    ``media_root``, ``model``, pixel limits).
+    ``media_root``, ``model``, pixel limits). The stage then folds the build's rejects into its own
+    (``fold_build_rejects``) when the returned folder is ``out``.
 
     Raises:
         ValueError: several stage folders, or stage folders mixed with raw data.
@@ -535,3 +536,47 @@ def stage_from_inputs(
     run_build(BuildConfig(inputs=tuple(inputs), out=str(out), **build_options), shard=shard, progress=progress)
     wait_for_file(Path(out) / "stats.json", merge_timeout)  # rank 0 writes it once every rank's shard is done
     return Path(out)
+
+
+def fold_build_rejects(writer: StageWriter, built: Path, shard: Shard) -> list[tuple[str | None, str]]:
+    """Count this rank's share of an in-process build's rejects as rejects of the stage that ``writer`` writes.
+
+    A stage given raw input builds it into ``OUT/_build`` first (``stage_from_inputs``); folding the build's
+    ``rejected.jsonl`` into the stage's own makes the stage's ``stats.json`` account for every input record
+    (``total`` = the input's records) and its ``rejected.jsonl`` hold every rejected one, each line keeping
+    ``stage: build``. Rank ``r`` takes lines ``i % world_size == r``, so the ranks fold each line once.
+
+    Returns:
+        ``(meta.domain of the raw row or None, reason)`` of each line folded, for per-domain counts.
+    """
+    import json
+
+    folded: list[tuple[str | None, str]] = []
+    with (built / "rejected.jsonl").open(encoding="utf-8") as f:
+        for i, text in enumerate(f):
+            if not shard.owns(i):
+                continue
+            line = json.loads(text)
+            writer.reject(
+                line["reason"],
+                source=line.get("source", ""),
+                record_id=line.get("id"),
+                detail=line.get("detail", ""),
+                record=line.get("record"),
+                raw=line.get("raw"),
+                stage=line.get("stage") or STAGE,
+            )
+            record = line.get("record")
+            meta = record.get("meta") if isinstance(record, dict) else None
+            domain = meta.get("domain") if isinstance(meta, dict) else None
+            folded.append((domain if isinstance(domain, str) and domain else None, line["reason"]))
+    return folded
+
+
+def build_summary(built: Path) -> dict[str, Any]:
+    """The in-process build's counts, for a later stage's ``stats.json`` (``build``: folder, total, kept, reasons)."""
+    import json
+
+    stats = json.loads((built / "stats.json").read_text())
+    keys = ("total", "kept", "rejected", "reasons", "domains")
+    return {"folder": str(built)} | {k: stats[k] for k in keys if k in stats}

@@ -14,7 +14,7 @@ a policy over records and counts the outcome.
 from postvl.filtering.base import Filter, Sample
 from postvl.filtering.content import CodeSwitchingFilter, HarmfulFilter
 from postvl.filtering.dedup import ExactDedupFilter, MinHasher, NearDedupFilter
-from postvl.filtering.length import LengthFilter
+from postvl.filtering.length import LengthFilter, SubstanceFilter
 from postvl.filtering.malformed import IMAGE_SIZES_KEY, CodeSyntaxFilter, GroundingFilter, HtmlFilter
 from postvl.filtering.policy import DOMAINS, FILTERS, DomainRules, Policy, PolicyConfig, RuleRunner, filter_class
 from postvl.filtering.relevance import RelevanceFilter, lexical_similarity
@@ -46,6 +46,7 @@ __all__ = [
     "RelevanceFilter",
     "RuleRunner",
     "Sample",
+    "SubstanceFilter",
     "UnbalancedFilter",
     "filter_class",
     "lexical_similarity",

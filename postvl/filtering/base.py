@@ -133,11 +133,14 @@ class Filter:
 
     Subclasses set ``name`` and implement ``check``. ``stateful`` filters (deduplication) remember what they saw;
     the policy runs them after every stateless filter so that a record rejected for another reason never shadows a
-    later, clean near-copy of it.
+    later, clean near-copy of it. ``batched`` filters (an embedding model) are stateless but far cheaper per record
+    when ``prepare`` sees many records at once: the policy runs them after the other stateless filters, prepared on
+    the records those kept, so the model never sees a record a cheap rule has already rejected.
     """
 
     name: ClassVar[str] = ""
     stateful: ClassVar[bool] = False
+    batched: ClassVar[bool] = False
 
     def check(self, record: Mapping[str, Any] | Sample) -> str | None:
         """Return ``None`` to keep the record or a snake_case reason code to reject it."""

@@ -1,8 +1,9 @@
-"""Answer length: empty, too short, too long (characters or tokens)."""
+"""Answer length: empty, too short, too long (characters or tokens), or short of what the question asks for."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from postvl.filtering.base import Filter, Sample
@@ -63,3 +64,107 @@ class LengthFilter(Filter):
             if self.max_tokens is not None and tokens > self.max_tokens:
                 return "answer_too_long"
         return None
+
+
+# Questions that ask for a long answer, and (overriding them) questions that ask for a short one. English cues
+# match whole words, case-insensitively; Chinese cues match as substrings.
+DETAIL_CUES = (
+    "explain",
+    "explanation",
+    "in detail",
+    "detailed",
+    "elaborate",
+    "step by step",
+    "step-by-step",
+    "walk me through",
+    "write an essay",
+    "write a paragraph",
+    "discuss",
+    "详细",
+    "解释",
+    "阐述",
+    "论述",
+    "说明理由",
+    "一步一步",
+    "逐步",
+)
+BRIEF_CUES = (
+    "briefly",
+    "brief",
+    "in one word",
+    "one word",
+    "single word",
+    "in a word",
+    "short answer",
+    "yes or no",
+    "only the",
+    "just the",
+    "简要",
+    "简短",
+    "简单回答",
+    "一句话",
+    "一个词",
+    "只回答",
+    "只需回答",
+    "是或否",
+)
+
+
+class SubstanceFilter(Filter):
+    """Rejects an answer with nothing in it (no letter or digit in any script), or one far shorter than its
+    question asks for.
+
+    A question asks for a long answer when it holds one of ``detail_cues`` ("Explain ...", "in detail", "详细") and
+    none of ``brief_cues`` ("briefly", "in one word", "一句话"); its answer then needs ``min_detail_tokens`` tokens
+    (words of space-separated scripts, single CJK characters). "." to "Explain the theory of relativity in detail."
+    fails both checks; "3" to "How many circles are there?" passes.
+
+    Args:
+        min_detail_tokens: fewest answer tokens when the question asks for detail.
+        detail_cues: phrases that ask for a long answer (English: whole words, any case; CJK: substrings).
+        brief_cues: phrases that ask for a short answer; they win over ``detail_cues``.
+
+    Reasons: ``no_substance`` (no letter or digit), ``answer_too_short_for_question``.
+    """
+
+    name = "substance"
+
+    def __init__(
+        self,
+        min_detail_tokens: int = 8,
+        detail_cues: Sequence[str] = DETAIL_CUES,
+        brief_cues: Sequence[str] = BRIEF_CUES,
+    ) -> None:
+        if min_detail_tokens < 1:
+            raise ValueError(f"substance: min_detail_tokens must be >= 1, got {min_detail_tokens}")
+        self.min_detail_tokens = min_detail_tokens
+        self.detail_cues = list(detail_cues)
+        self.brief_cues = list(brief_cues)
+        self._detail_re = _cue_regex(self.detail_cues)
+        self._brief_re = _cue_regex(self.brief_cues)
+
+    def asks_for_detail(self, query: str) -> bool:
+        """Whether the question asks for a long answer (a detail cue and no brief cue)."""
+        return bool(self._detail_re and self._detail_re.search(query)) and not (
+            self._brief_re and self._brief_re.search(query)
+        )
+
+    def check(self, record: Mapping[str, Any] | Sample) -> str | None:
+        sample = Sample.of(record)
+        if not sample.answer.strip():
+            return None  # the length filter's `empty_answer`
+        if not _WORD_CHAR_RE.search(sample.answer):
+            return "no_substance"
+        if len(sample.answer_tokens) < self.min_detail_tokens and self.asks_for_detail(sample.query):
+            return "answer_too_short_for_question"
+        return None
+
+
+# A letter or digit of any script (\w less the underscore).
+_WORD_CHAR_RE = re.compile(r"[^\W_]")
+
+
+def _cue_regex(cues: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex for the cues: ASCII ones between word boundaries, others as they are; ``None`` for no cues."""
+    parts = [rf"\b{re.escape(c)}\b" if c.isascii() else re.escape(c) for c in cues if c]
+    return re.compile("|".join(parts), re.I) if parts else None

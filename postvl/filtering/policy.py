@@ -28,7 +28,7 @@ import difflib
 import inspect
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import yaml
 from postvl.filtering.base import Filter, Sample
 from postvl.filtering.content import CodeSwitchingFilter, HarmfulFilter
 from postvl.filtering.dedup import ExactDedupFilter, NearDedupFilter
-from postvl.filtering.length import LengthFilter
+from postvl.filtering.length import LengthFilter, SubstanceFilter
 from postvl.filtering.malformed import CodeSyntaxFilter, GroundingFilter, HtmlFilter
 from postvl.filtering.relevance import RelevanceFilter
 from postvl.filtering.repetition import CharRepetitionFilter, LineRepetitionFilter, NgramRepetitionFilter
@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 # The one map from YAML names to filter classes.
 FILTERS: dict[str, type[Filter]] = {
     "length": LengthFilter,
+    "substance": SubstanceFilter,
     "finish_reason": FinishReasonFilter,
     "char_repetition": CharRepetitionFilter,
     "line_repetition": LineRepetitionFilter,
@@ -71,6 +72,9 @@ DOMAINS = ("perception", "document", "grounding", "math", "coding", "planning", 
 
 UNTAGGED = "untagged"
 """Per-domain counts key for records without ``meta["domain"]``."""
+
+Route = tuple[list[Filter], list[Filter], list[Filter]]
+"""A rule set split for running: plain stateless filters, batched stateless filters, stateful filters."""
 
 FilterParams = dict[str, Any] | None
 """A filter's constructor arguments; ``None`` switches an inherited filter off."""
@@ -258,10 +262,12 @@ class Policy:
                         continue
                 built.append(instances[cache_key])
             # Stateful filters last (stable order otherwise), so that only records that pass everything else are
-            # remembered as "first occurrences".
-            self._rules[key] = sorted(built, key=lambda f: f.stateful)
-        # (domain, subcategory) as found in meta -> (stateless filters, stateful filters): routing is a dict lookup
-        self._routes: dict[tuple[Any, Any], tuple[list[Filter], list[Filter]]] = {}
+            # remembered as "first occurrences"; batched filters (an embedding model) just before them, so that they
+            # judge only what the cheap rules kept.
+            self._rules[key] = sorted(built, key=lambda f: (f.stateful, f.batched))
+        # (domain, subcategory) as found in meta -> (plain stateless, batched stateless, stateful filters): routing is
+        # a dict lookup
+        self._routes: dict[tuple[Any, Any], Route] = {}
         self._instances = list(instances.values())
         if errors:
             raise ValueError("invalid filter policy:\n  " + "\n  ".join(errors))
@@ -293,11 +299,12 @@ class Policy:
 
     def for_record(self, record: Mapping[str, Any] | Sample) -> list[Filter]:
         """The filters that apply to a record, by its ``meta["domain"]`` and ``meta["subcategory"]``."""
-        stateless, stateful = self._route(Sample.of(record).meta)
-        return [*stateless, *stateful]  # the rule set's order: stateful filters come last in every one
+        plain, batched, stateful = self._route(Sample.of(record).meta)
+        return [*plain, *batched, *stateful]  # the rule set's order
 
-    def _route(self, meta: dict[str, Any]) -> tuple[list[Filter], list[Filter]]:
-        """``for_record`` split into stateless and stateful filters, remembered per (domain, subcategory)."""
+    def _route(self, meta: dict[str, Any]) -> Route:
+        """``for_record`` split into plain stateless, batched and stateful filters, remembered per (domain,
+        subcategory)."""
         key = (meta.get("domain"), meta.get("subcategory"))
         try:
             return self._routes[key]
@@ -306,7 +313,11 @@ class Policy:
         except TypeError:  # an unhashable meta value: routed like any other non-string, not remembered
             key = None
         filters = self.filters_for(_str_or_none(key[0] if key else None), _str_or_none(key[1] if key else None))
-        route = [f for f in filters if not f.stateful], [f for f in filters if f.stateful]
+        route = (
+            [f for f in filters if not f.stateful and not f.batched],
+            [f for f in filters if f.batched and not f.stateful],
+            [f for f in filters if f.stateful],
+        )
         if key is not None and len(self._routes) < 4096:  # distinct tags are few; a flood of odd values is not kept
             self._routes[key] = route
         return route
@@ -326,6 +337,37 @@ class Policy:
     def check_stateless(self, sample: Sample) -> str | None:
         """What ``check`` decides before the stateful (dedup) filters: the contract checks, then each stateless
         filter of the record's domain. Stateful filters come last in every rule set, so this is a prefix of it."""
+        reason = self._check_plain(sample)
+        if reason is None:
+            for filt in self._route(sample.meta)[1]:
+                reason = filt.check(sample)
+                if reason is not None:
+                    return reason
+        return reason
+
+    def check_stateless_batch(self, samples: Sequence[Sample]) -> list[str | None]:
+        """``check_stateless`` of each sample, with every batched filter prepared once on the records that the
+        plain filters kept (one embedding call for a batch instead of one per record); the same decisions."""
+        reasons = [self._check_plain(sample) for sample in samples]
+        survivors = [s for s, reason in zip(samples, reasons, strict=True) if reason is None]
+        routed: dict[int, tuple[Filter, list[Sample]]] = {}
+        for sample in survivors:
+            for filt in self._route(sample.meta)[1]:
+                routed.setdefault(id(filt), (filt, []))[1].append(sample)
+        if not routed:
+            return reasons
+        for filt, batch in routed.values():
+            filt.prepare(batch)
+        for i, sample in enumerate(samples):
+            if reasons[i] is None:
+                for filt in self._route(sample.meta)[1]:
+                    reasons[i] = filt.check(sample)
+                    if reasons[i] is not None:
+                        break
+        return reasons
+
+    def _check_plain(self, sample: Sample) -> str | None:
+        """The contract checks, then the record's stateless filters that are not batched."""
         if not isinstance(sample.record, Mapping):
             return "malformed_record"
         reason = check_conversation(sample.record.get("messages"))
@@ -345,7 +387,7 @@ class Policy:
 
     def check_stateful(self, sample: Sample) -> str | None:
         """The rest of ``check``: the record's stateful filters, for a record that every stateless filter kept."""
-        for filt in self._route(sample.meta)[1]:
+        for filt in self._route(sample.meta)[2]:
             reason = filt.check(sample)
             if reason is not None:
                 return reason
@@ -356,7 +398,7 @@ class Policy:
         filters, about to go through ``check_stateful`` in this order)."""
         routed: dict[int, tuple[Filter, list[Sample]]] = {}
         for sample in samples:
-            for filt in self._route(sample.meta)[1]:
+            for filt in self._route(sample.meta)[2]:
                 routed.setdefault(id(filt), (filt, []))[1].append(sample)
         for filt, batch in routed.values():
             filt.prepare(batch)
@@ -401,7 +443,7 @@ class RuleRunner:
         policy = self.policy
         for batch in _batches(records, batch_size):
             samples = [Sample(record) for record in batch]
-            reasons = [policy.check_stateless(sample) for sample in samples]
+            reasons = policy.check_stateless_batch(samples)
             policy.prepare_stateful([s for s, reason in zip(samples, reasons, strict=True) if reason is None])
             for sample, reason in zip(samples, reasons, strict=True):
                 if reason is None:

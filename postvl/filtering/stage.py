@@ -6,10 +6,12 @@ scorer (``postvl.filtering.scoring``) and writes:
 
     OUT/data/part-*.parquet        kept records, as they were read; scored ones carry meta.scores = {dimension: value}
     OUT/preference/part-*.parquet  preference records that passed (the rules judge prompt + chosen; not scored)
-    OUT/rejected.jsonl             each rejected record with its reason, stage "filter" and source
+    OUT/rejected.jsonl             each rejected record with its reason, stage ("filter", or "build" for raw input
+                                   the in-process build rejected) and source
     OUT/scores.png                 histograms of each score dimension, with the default minimum marked
     OUT/stats.json                 the stage contract (total = kept + rejected, reasons, timings) plus `funnel`
-                                   (per step and per domain: in, kept, reasons) and `scores` (per-dimension summaries)
+                                   (per step - build, rules, scores - and per domain: in, kept, reasons), `scores`
+                                   (per-dimension summaries) and, for raw input, `build` (the build's own counts)
     OUT/manifest.json              resolved config (rules and scores), input fingerprints, package versions
     OUT/_shards/near-dedup-<rank>/ while running: near dedup's record indices and signatures (removed at the end)
 
@@ -202,7 +204,7 @@ def _init_worker(config_path: str) -> None:
 
 def _stateless_chunk(views: list[Mapping[str, Any]]) -> list[str | None]:
     assert _WORKER is not None
-    return [_WORKER.check_stateless(Sample(v)) for v in views]
+    return _WORKER.check_stateless_batch([Sample(v) for v in views])
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -278,10 +280,11 @@ def fewer_gc_passes(gen0: int = 100_000) -> Iterator[None]:
 
 
 class Funnel:
-    """Per step (``rules``, ``scores``) and per domain: records in, kept, and reasons; plus every score given."""
+    """Per step (``build`` for raw input, ``rules``, ``scores``) and per domain: records in, kept, and reasons; plus
+    every score given."""
 
     def __init__(self) -> None:
-        self.steps: dict[str, dict[str, dict[str, Any]]] = {"rules": {}, "scores": {}}
+        self.steps: dict[str, dict[str, dict[str, Any]]] = {"build": {}, "rules": {}, "scores": {}}
         self.values: dict[str, list[float]] = {}
         self.value_domains: dict[str, list[str]] = {}
 
@@ -384,6 +387,7 @@ class FilterRun:
         self.scorer = scorer
         self.thresholds = thresholds
         self.funnel = Funnel()
+        self.built = False  # the input was built in-process: every record read also passed the build step
         self._pending: list[tuple[dict[str, Any], str, dict[str, Any]]] = []
         self._batch: Any = None  # the Arrow batch whose kept rows are being collected
         self._rows: list[int] = []
@@ -396,6 +400,8 @@ class FilterRun:
             if not isinstance(meta, dict):
                 meta = {}
             domain = domain_of(meta)
+            if self.built:
+                self.funnel.add("build", domain, None)
             if self.cfg.only != "scores":
                 self.funnel.add("rules", domain, reason)
             if reason is not None:
@@ -490,6 +496,7 @@ def run_filter(
             "set scores.model, or run the rules only with --only rules"
         )
     folder = prepare_input(cfg, shard, progress=progress)
+    built = folder.resolve() == (Path(cfg.out) / BUILD_SUBDIR).resolve()
     media_root, pixels = stage_settings(folder)
     media_root = cfg.media_root or media_root
     files = stage_files(folder)
@@ -518,6 +525,12 @@ def run_filter(
                 scorer = _build_scorer(score_config, cfg, media_root, pixels)
             thresholds = ScoreThresholds(score_config) if scoring else None
             run = FilterRun(cfg, writer, scorer if scoring else None, thresholds)
+            if built:  # the build's rejects are this stage's too: stats.json then counts every input record
+                run.built = True
+                from postvl.chatml.build import fold_build_rejects
+
+                for domain, reason in fold_build_rejects(writer, folder, shard):
+                    run.funnel.add("build", domain or UNTAGGED, reason)
             items = iter_stage_records(files, shard)
             # near dedup keeps most of its state on disk, in this rank's corner of the output folder
             spill = {"near_dedup": {"spill_dir": str(writer.out / "_shards" / f"near-dedup-{shard.rank:05d}")}}
@@ -540,6 +553,10 @@ def run_filter(
     stats = getattr(writer, "stats", None)
     if stats is not None and summary is not None:
         stats = stats | summary  # stats.json gains the funnel and score summaries, replaced atomically
+        if built:
+            from postvl.chatml.build import build_summary
+
+            stats["build"] = build_summary(folder)
         write_json_atomic(Path(cfg.out) / "stats.json", stats)
     return FilterResult(Path(cfg.out), stats or writer.counts.as_dict(), skipped)
 

@@ -446,9 +446,15 @@ def run_tagging(
             held["fn"] = backend or build_backend(cfg, taxonomy, source)[0]
         return held["fn"]
 
+    # raw input built in-process: its rejects are folded into this stage's own (total = the input's records)
+    built = source.folder if source.folder.resolve() == (Path(cfg.out) / BUILD_SUBDIR).resolve() else None
     if cfg.backend != "llm":
         writer = _writer(cfg.out, resolved | {"pass": "tag"}, source.files, shard, cfg)
-        return _finish(cfg, taxonomy, writer, lambda w: _tag_pass(w, source.folder, get_backend, cfg, progress))
+
+        def work(w: StageWriter) -> TagCounts:
+            return _tag_pass(w, source.folder, get_backend, cfg, progress)
+
+        return _finish(cfg, taxonomy, writer, work, built=built)
 
     raw_dir = Path(cfg.out) / RAW_SUBDIR
     raw_writer = _writer(raw_dir, resolved | {"pass": "raw"}, source.files, shard, cfg)
@@ -464,7 +470,7 @@ def run_tagging(
         for f in list_inputs([raw_dir / sub])
     ]
     writer = _writer(cfg.out, resolved | {"pass": "vocabulary"}, raw_files, shard, cfg)
-    result = _finish(cfg, taxonomy, writer, lambda w: _vocabulary_pass(w, raw_dir, vocab), vocab=vocab)
+    result = _finish(cfg, taxonomy, writer, lambda w: _vocabulary_pass(w, raw_dir, vocab), vocab=vocab, built=built)
     return result
 
 
@@ -485,13 +491,23 @@ def _writer(out: str | Path, config: dict[str, Any], files: list[InputFile], sha
 
 
 def _finish(
-    cfg: TagConfig, taxonomy: Any, writer: StageWriter, work: Callable[[StageWriter], TagCounts], vocab: Any = None
+    cfg: TagConfig,
+    taxonomy: Any,
+    writer: StageWriter,
+    work: Callable[[StageWriter], TagCounts],
+    vocab: Any = None,
+    built: Path | None = None,
 ) -> TagRunResult:
-    """Run ``work`` in ``writer`` unless its shard is done; on rank 0 write tag_stats.json, the plot, subcategories."""
+    """Run ``work`` in ``writer`` unless its shard is done; on rank 0 write tag_stats.json, the plot, subcategories.
+    ``built``: the in-process build of raw input, whose rejects become this stage's."""
     tag_stats = None
     with writer:
         skipped = writer.done
         if not skipped:
+            if built is not None:
+                from postvl.chatml.build import fold_build_rejects
+
+                fold_build_rejects(writer, built, writer.shard)
             counts = work(writer)
             write_json_atomic(_side_path(writer), {"key": writer.key, "counts": counts.as_dict()})
         if writer.shard.is_main:  # before the writer closes: stats.json and manifest.json stay the last files
@@ -507,6 +523,10 @@ def _finish(
     if writer.shard.is_main and tag_stats is not None:
         # StageWriter counts per domain; per subcategory is added here, atomically, so stats.json stays last
         stats = stats | {"subcategories": tag_stats["subcategories"]}
+        if built is not None:
+            from postvl.chatml.build import build_summary
+
+            stats["build"] = build_summary(built)
         write_json_atomic(Path(cfg.out) / "stats.json", stats)
     return TagRunResult(Path(cfg.out), stats, tag_stats, skipped)
 

@@ -601,11 +601,17 @@ def run_sampling(
         merge_timeout=cfg.merge_timeout,
     )
     sampling = None
+    # raw input built in-process: its rejects are folded into this stage's own (total = the input's records)
+    built = source.folder.resolve() == (Path(cfg.out) / BUILD_SUBDIR).resolve()
     with writer:
         skipped = writer.done
         if not skipped:
             family = check_same_family(source.pixels.family, cfg.model, what=str(source.folder))
             generator = generator or _build_generator(cfg, source)
+            if built:
+                from postvl.chatml.build import fold_build_rejects
+
+                fold_build_rejects(writer, source.folder, shard)
             sampler = Sampler(cfg, source, generator, _load_tokenizer(cfg.model), family)
             records = (r for i, r in enumerate(read_stage(source.folder)) if shard.owns(i))
             bar = tqdm(desc="sample", unit="q", disable=not (progress and shard.is_main) or None, mininterval=1.0)
@@ -618,6 +624,11 @@ def run_sampling(
             if cfg.plot:
                 plot_pass_rates(sampling, Path(cfg.out) / PLOT_FILE)
     stats = getattr(writer, "stats", None) or writer.counts.as_dict()
+    if built and shard.is_main:
+        from postvl.chatml.build import build_summary
+
+        stats = stats | {"build": build_summary(source.folder)}  # replaced atomically: stats.json stays last
+        write_json_atomic(Path(cfg.out) / "stats.json", stats)
     return SamplingResult(Path(cfg.out), stats, sampling, skipped)
 
 

@@ -48,7 +48,7 @@ OFF_ZH = "先把烤箱预热，再把面粉、白糖和黄油搅拌均匀，最�
     ],
 )
 def test_relevance_lexical(query, answer, reason):
-    assert RelevanceFilter(threshold=0.1).check(rec(answer, query=query)) == reason
+    assert RelevanceFilter(threshold=0.1, visual_threshold=0.1).check(rec(answer, query=query)) == reason
 
 
 def test_lexical_similarity_bounds():
@@ -61,7 +61,7 @@ def test_relevance_with_embedding_backend():
     def embed(texts: list[str]) -> np.ndarray:  # a toy backend: "cake" texts point one way, others another
         return np.array([[1.0, 0.0] if "cake" in t else [0.0, 1.0] for t in texts])
 
-    filt = RelevanceFilter(threshold=0.5, embed=embed)
+    filt = RelevanceFilter(threshold=0.5, visual_threshold=0.5, embed=embed, open_queries=[])  # toy: no open ones
     assert filt.check(rec(OFF_EN, query=Q_EN)) == "irrelevant_answer"
     assert filt.check(rec(A_EN, query=Q_EN)) is None
     assert filt.similarity("cake", "cake") == pytest.approx(1.0)

@@ -178,8 +178,11 @@ def test_bad_threshold_fails_when_the_policy_is_built_with_its_location(tmp_path
 
 
 def test_extra_params_reach_the_filters():
-    config = PolicyConfig.from_dict({"defaults": {"relevance": {"threshold": 0.5, "min_answer_chars": 1}}})
-    policy = Policy(config, extra_params={"relevance": {"embed": lambda texts: [[1.0, 0.0], [0.0, 1.0]]}})
+    config = PolicyConfig.from_dict(
+        {"defaults": {"relevance": {"threshold": 0.5, "visual_threshold": 0.5, "min_answer_chars": 1}}}
+    )
+    toy = {"embed": lambda texts: [[1.0, 0.0] if "query" in t else [0.0, 1.0] for t in texts], "open_queries": []}
+    policy = Policy(config, extra_params={"relevance": toy})
     assert policy.check(rec("Some answer text.", query="A long enough query text")) == "irrelevant_answer"
     with pytest.raises(KeyError, match="did you mean"):
         Policy(config, extra_params={"relevanc": {}})

@@ -1,0 +1,119 @@
+"""The default policy's substance and relevance checks on a hand-written English / Chinese set and on synth data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from filter_stage_data import DEFAULT_CONFIG
+from handwritten_set import BAD, CLEAN, record
+
+from postvl.filtering import Policy, RelevanceFilter, RuleRunner, Sample, SubstanceFilter
+from postvl.filtering.relevance import load_embed
+
+# A clean pair that an older default rejects: the 4-gram "平均速度" covers more than 16% of a 31-token answer.
+KNOWN = {31: "top_ngram_repetition"}
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return Policy.from_yaml(DEFAULT_CONFIG)
+
+
+def test_every_clean_pair_passes_the_default_policy(policy):
+    assert CLEAN[31][0].startswith("一列火车")
+    reasons = {i: policy.check(record(*pair, rid=f"c{i}")) for i, pair in enumerate(CLEAN)}
+    assert {i: r for i, r in reasons.items() if r is not None} == KNOWN
+    languages = {"zh" if any("\u4e00" <= c <= "\u9fff" for c in q) else "en" for q, *_ in CLEAN}
+    assert languages == {"en", "zh"} and any(img for *_, img in CLEAN) and not all(img for *_, img in CLEAN)
+
+
+@pytest.mark.parametrize(("i", "pair"), list(enumerate(BAD)))
+def test_each_bad_pair_gets_its_reason(policy, i, pair):
+    *fields, reason = pair
+    assert policy.check(record(*fields, rid=f"b{i}")) == reason
+
+
+def test_the_runner_batches_the_embeddings_and_decides_as_check(policy):
+    records = [record(*p, rid=f"c{i}") for i, p in enumerate(CLEAN)] + [
+        record(*p[:4], rid=f"b{i}") for i, p in enumerate(BAD)
+    ]
+    one_by_one = [Policy.from_yaml(DEFAULT_CONFIG).check(r) for r in records]
+    runner = RuleRunner(Policy.from_yaml(DEFAULT_CONFIG))
+    batched = [reason for _, reason in runner.run(records, batch_size=7)]
+    assert batched == one_by_one
+    assert runner.stats()["reasons"]["irrelevant_answer"] == sum(p[4] == "irrelevant_answer" for p in BAD)
+
+
+def test_substance_cues_and_brevity():
+    filt = SubstanceFilter(min_detail_tokens=8)
+
+    def check(query: str, answer: str) -> str | None:
+        return filt.check(record(query, answer, None, False, "x"))
+
+    assert check("Explain the theory of relativity in detail.", ".") == "no_substance"
+    assert check("How many circles are there?", "3") is None
+    assert check("Is it red?", "No") is None
+    assert check("Explain why.", "Because the sun heats the air near the ground first.") is None
+    assert check("Explain why.", "Because.") == "answer_too_short_for_question"
+    assert check("Briefly explain why.", "Because.") is None  # brevity wins
+    assert check("Explainer videos: which is best?", "The second.") is None  # whole words only
+    assert check("请详细说明原因。", "因为天气。") == "answer_too_short_for_question"
+    assert check("请用一句话详细说明原因。", "因为天气。") is None
+    assert check("", "") is None  # empty: the length filter's reason
+    assert SubstanceFilter(detail_cues=[]).check(record("Explain.", "No.", None, False, "x")) is None
+    with pytest.raises(ValueError, match="min_detail_tokens"):
+        SubstanceFilter(min_detail_tokens=0)
+
+
+def test_relevance_thresholds_by_media_and_open_questions():
+    embed = load_embed("use-multilingual")
+    filt = RelevanceFilter(
+        threshold=0.15, visual_threshold=None, encoder="use-multilingual", min_query_chars=5, min_answer_chars=20
+    )
+    off = "Photosynthesis is the process by which green plants use sunlight to make sugar."
+    assert filt.check(record("What is the capital of France?", off, None, False, "x")) == "irrelevant_answer"
+    assert filt.check(record("What is the capital of France?", off, None, True, "x")) is None  # visual: not judged
+    visual = RelevanceFilter(threshold=0.15, visual_threshold=0.15, embed=embed, min_answer_chars=20)
+    assert visual.check(record("What is the capital of France?", off, None, True, "x")) == "irrelevant_answer"
+    joke = "Why did the scarecrow win an award? Because he was outstanding in his field."
+    assert filt.check(record("Tell me a joke about farmers.", joke, None, False, "x")) is None  # names no topic
+    closed = RelevanceFilter(threshold=0.15, embed=embed, min_answer_chars=20, open_queries=[])
+    assert closed.check(record("Tell me a joke.", joke, None, False, "x")) == "irrelevant_answer"
+    # prepared in a batch or computed alone: the same value
+    sample = Sample(
+        record("法国的首都是哪里？", "法国的首都是巴黎，它位于塞纳河畔，是法国最大的城市。", None, False, "x")
+    )
+    filt.prepare([sample])
+    assert sample.cache[filt] == pytest.approx(filt.similarity(sample.query, sample.answer), abs=1e-5)
+    assert 0.5 < sample.cache[filt] <= 1.0
+    with pytest.raises(ValueError, match="unknown encoder"):
+        RelevanceFilter(encoder="nope")
+    with pytest.raises(ValueError, match="visual_threshold"):
+        RelevanceFilter(visual_threshold=2.0)
+
+
+def test_the_encoder_is_built_once_per_process():
+    assert load_embed("use-multilingual") is load_embed("use-multilingual")
+    vectors = load_embed("use-multilingual")(["a cat", "一只猫"])
+    assert vectors.shape == (2, 512) and vectors.dtype == np.float32
+
+
+def test_no_clean_synth_record_is_dropped_by_the_new_defaults(tmp_path, policy):
+    from postvl.cli import main
+
+    assert main(["synth", str(tmp_path / "s"), "--n", "300", "--seed", "3", "--no-videos"]) == 0
+    new = [f for f in policy.filters_for(None) if isinstance(f, SubstanceFilter | RelevanceFilter)]
+    assert len(new) == 2
+    checked = 0
+    for line in (tmp_path / "s" / "train.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["meta"].get("defect") or "messages" not in row:
+            continue
+        tagged = dict(row, meta=dict(row["meta"], domain=row["meta"]["expected_domain"]))
+        for filt in policy.filters_for(tagged["meta"]["domain"], row["meta"]["expected_subcategory"]):
+            if isinstance(filt, SubstanceFilter | RelevanceFilter):
+                assert filt.check(tagged) is None, (row["id"], filt.name)
+        checked += 1
+    assert checked > 200
