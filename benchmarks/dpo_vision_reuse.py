@@ -88,7 +88,7 @@ def make_trainer_and_batches(model_dir: str, data_dir: str, steps: int, batch: i
     from postvl.dpo.data import PreferenceCollator, PreferenceEncoder, index_dataset
     from postvl.dpo.train import make_trainer
     from postvl.modeling import freeze_vision, load_model_and_processor, lora_target_regex
-    from postvl.sft.data import RecordList
+    from postvl.training.encoding import RecordList
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     records = RecordList(json.loads((Path(data_dir) / "records.json").read_text()), data_dir)

@@ -90,14 +90,8 @@ def compare(args: argparse.Namespace, *, device: str = "cpu", dtype: str = "floa
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from postvl.modeling import build_tiny_model
-    from postvl.sft.data import (
-        PackedCollator,
-        PaddedCollator,
-        RecordEncoder,
-        RecordList,
-        find_rope_index,
-        plan_packing,
-    )
+    from postvl.sft.data import PackedCollator, PaddedCollator, find_rope_index, plan_packing
+    from postvl.training.encoding import RecordEncoder, RecordList
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

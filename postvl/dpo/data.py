@@ -1,6 +1,6 @@
 """DPO data: preference records -> the stacked batch TRL's DPOTrainer consumes.
 
-Every supported family is encoded through its own template and processors (``postvl.sft.data.RecordEncoder``).
+Every supported family is encoded through its own template and processors (``postvl.training.encoding.RecordEncoder``).
 A preference record (``postvl.records``) holds ``prompt`` messages, ``chosen`` and ``rejected`` assistant messages and
 the prompt's ``images`` / ``videos``. Both sides are rendered and tokenized by the builder's own code
 (``postvl.chatml.render.tokenize_with_labels``); the completion mask is each side's trained span after the prompt
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from postvl.sft.data import IGNORE_INDEX, Example, RecordEncoder, RecordSource, modality_types
+from postvl.training.encoding import IGNORE_INDEX, Example, RecordEncoder, RecordSource, modality_types
 
 logger = logging.getLogger(__name__)
 

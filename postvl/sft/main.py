@@ -35,15 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from postvl.families.linear_attention import reset_linear_attention_per_record
     from postvl.modeling import freeze_vision, load_model_and_processor
-    from postvl.sft.data import (
-        PackedCollator,
-        PaddedCollator,
-        RecordEncoder,
-        bins_dataset,
-        find_rope_index,
-        plan_packing,
-    )
+    from postvl.sft.data import PackedCollator, PaddedCollator, bins_dataset, find_rope_index, plan_packing
     from postvl.training.data import check_dataset_families, load_mixed_records, resolve_pixel_limits
+    from postvl.training.encoding import RecordEncoder
     from postvl.training.lm_head import use_lm_head
     from postvl.training.model import check_vision_frozen, lora_config
     from postvl.training.outputs import (

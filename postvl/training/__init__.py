@@ -1,4 +1,5 @@
-"""What the training stages share: configuration, data mixing, model preparation, the LM-head loss path, outputs.
+"""What the training stages share: configuration, data mixing, the record encoder, model preparation, the LM-head
+loss path, outputs.
 
 ``postvl.sft`` and ``postvl.dpo`` both import this package and never each other.
 """

@@ -13,7 +13,7 @@ from transformers.video_utils import VideoMetadata
 
 from postvl.dpo.data import PreferenceCollator, PreferenceEncoder
 from postvl.families import FAMILY_NAMES, get_family
-from postvl.sft.data import RecordList
+from postvl.training.encoding import RecordList
 
 
 def _pair(root):

@@ -15,8 +15,8 @@ from postvl.dpo.train import frozen_copy, make_trainer
 from postvl.dpo.vision_cache import SharedVisionFeatures
 from postvl.io import read_stage
 from postvl.modeling import freeze_vision, load_model_and_processor
-from postvl.sft.data import RecordList
 from postvl.training.data import manifest_media_root, read_manifest
+from postvl.training.encoding import RecordList
 
 RTOL = 1e-5
 

@@ -8,7 +8,8 @@ from PIL import Image
 
 from postvl.families.linear_attention import record_boundaries, reset_linear_attention_per_record
 from postvl.records import image_part, message
-from postvl.sft.data import PackedCollator, PaddedCollator, RecordEncoder, RecordList, bins_dataset, find_rope_index
+from postvl.sft.data import PackedCollator, PaddedCollator, bins_dataset, find_rope_index
+from postvl.training.encoding import RecordEncoder, RecordList
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

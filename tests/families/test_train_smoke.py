@@ -139,8 +139,8 @@ def test_built_num_tokens_equal_the_training_encoding(tiny_family_model, tmp_pat
     from transformers import AutoProcessor
 
     from postvl.io import read_stage
-    from postvl.sft.data import RecordEncoder
     from postvl.training.data import manifest_media_root, read_manifest
+    from postvl.training.encoding import RecordEncoder
 
     raw = tmp_path / "raw"
     sft_raw, _ = _write_raw(raw)

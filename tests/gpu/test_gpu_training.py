@@ -8,8 +8,9 @@ from gpu_helpers import flash_attention_params, load_test_module
 
 from postvl.families import FAMILY_NAMES
 from postvl.io import read_stage
-from postvl.sft.data import RecordList, bins_dataset
+from postvl.sft.data import bins_dataset
 from postvl.training.data import manifest_media_root, read_manifest
+from postvl.training.encoding import RecordList
 
 _packing = load_test_module("sft/test_packing.py")
 _reuse = load_test_module("dpo/test_vision_reuse.py")

@@ -13,16 +13,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from postvl.families import FAMILY_NAMES, UnsupportedFamilyError, get_family
 from postvl.families.linear_attention import reset_linear_attention_per_record
 from postvl.records import image_part, message, video_part
-from postvl.sft.data import (
-    PackedCollator,
-    PaddedCollator,
-    RecordEncoder,
-    RecordList,
-    bins_dataset,
-    find_rope_index,
-    modality_types,
-    plan_packing,
-)
+from postvl.sft.data import PackedCollator, PaddedCollator, bins_dataset, find_rope_index, plan_packing
+from postvl.training.encoding import RecordEncoder, RecordList, modality_types
 
 
 def test_plan_packing_fits_every_bin_and_reports_too_long():

@@ -13,9 +13,10 @@ from postvl.chatml.main import main as build_main
 from postvl.dpo.data import PreferenceCollator, PreferenceEncoder, index_dataset
 from postvl.dpo.train import frozen_copy, make_trainer
 from postvl.modeling import freeze_vision, load_model_and_processor, lora_target_regex
-from postvl.sft.data import PaddedCollator, RecordEncoder, bins_dataset
+from postvl.sft.data import PaddedCollator, bins_dataset
 from postvl.training.config import DataArguments
 from postvl.training.data import load_mixed_records
+from postvl.training.encoding import RecordEncoder
 from postvl.training.lm_head import use_lm_head
 
 FORMATS = Path(__file__).parents[1] / "data" / "formats"
