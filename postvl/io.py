@@ -540,6 +540,40 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def load_stage_config(
+    cls: type, path: str | Path | None, overrides: Mapping[str, Any], *, required: Iterable[str], command: str
+) -> Any:
+    """A stage's config dataclass ``cls`` from a YAML file (optional) with ``overrides`` (those not ``None``) on top.
+
+    Raises:
+        ValueError: the file is not a mapping, a key is unknown (the message names the closest one), or a
+            ``required`` key is unset.
+    """
+    import dataclasses
+    import difflib
+
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a {command} config must be a mapping of keys, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        hints = [
+            f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, known, n=1)) else "")
+            for k in unknown
+        ]
+        raise ValueError(f"{path or 'config'}: unknown keys {', '.join(hints)}; known: {', '.join(known)}")
+    missing = [k for k in required if data.get(k) in (None, "", [], ())]
+    if missing:
+        raise ValueError(f"{command}: set {', '.join(missing)} (on the command line or in the YAML)")
+    return cls(**data)
+
+
 def record_schema(kind: str) -> Any:
     """The Arrow schema of a stage's Parquet parts; ``text=None`` on media parts, as TRL's datasets have it."""
     import pyarrow as pa

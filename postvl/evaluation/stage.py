@@ -20,7 +20,6 @@ behind ``postvl verify`` and the CoT hygiene checks, and writes::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import gc
 import json
 import logging
@@ -151,26 +150,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EvalConfig:
     Raises:
         ValueError: an unknown key (the message names the closest one), a missing or an invalid value.
     """
-    import yaml
+    from postvl.io import load_stage_config
 
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: an eval config must be a mapping of keys, got {type(data).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    known = [f.name for f in dataclasses.fields(EvalConfig)]
-    unknown = [k for k in data if k not in known]
-    if unknown:
-        hints = [
-            f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, known, n=1)) else "")
-            for k in unknown
-        ]
-        raise ValueError(f"{path or 'config'}: unknown keys {', '.join(hints)}; known: {', '.join(known)}")
-    missing = [k for k in ("inputs", "out", "models") if data.get(k) in (None, "", [], ())]
-    if missing:
-        raise ValueError(f"postvl eval: set {', '.join(missing)} (on the command line or in the YAML)")
-    return EvalConfig(**data)
+    return load_stage_config(EvalConfig, path, overrides, required=("inputs", "out", "models"), command="postvl eval")
 
 
 # --------------------------------------------------------------------------------------------------------------------

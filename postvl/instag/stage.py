@@ -180,23 +180,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TagConfig:
     Raises:
         ValueError: an unknown key (the message names the closest one), a missing input or output, a bad value.
     """
-    import yaml
+    from postvl.io import load_stage_config
 
-    data: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a tagging config must be a mapping of keys, got {type(data).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    known = [f.name for f in dataclasses.fields(TagConfig)]
-    unknown = [f"{k!r}{_did_you_mean(k, known)}" for k in data if k not in known]
-    if unknown:
-        raise ValueError(f"{path or 'config'}: unknown keys {', '.join(unknown)}; known: {', '.join(known)}")
-    missing = [k for k in ("inputs", "out") if data.get(k) in (None, "", [], ())]
-    if missing:
-        raise ValueError(f"postvl tag: set {', '.join(missing)} (on the command line or in the YAML)")
-    return TagConfig(**data)
+    return load_stage_config(TagConfig, path, overrides, required=("inputs", "out"), command="postvl tag")
 
 
 def _did_you_mean(name: str, options: Iterable[str]) -> str:

@@ -26,7 +26,6 @@ the same config and input skips finished shards, a changed config or input rerun
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import time
@@ -193,27 +192,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> SamplingCon
     Raises:
         ValueError: an unknown key (the message names the closest one) or an invalid value.
     """
-    import yaml
+    from postvl.io import load_stage_config
 
-    data: dict[str, Any] = {}
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a sampling config must be a mapping of keys, got {type(data).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    known = [f.name for f in dataclasses.fields(SamplingConfig)]
-    unknown = [k for k in data if k not in known]
-    if unknown:
-        hints = [
-            f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, known, n=1)) else "")
-            for k in unknown
-        ]
-        raise ValueError(f"{path or 'config'}: unknown keys {', '.join(hints)}; known: {', '.join(known)}")
-    missing = [k for k in ("inputs", "out", "model") if data.get(k) in (None, "", [], ())]
-    if missing:
-        raise ValueError(f"postvl sample: set {', '.join(missing)} (on the command line or in the YAML)")
-    return SamplingConfig(**data)
+    return load_stage_config(
+        SamplingConfig, path, overrides, required=("inputs", "out", "model"), command="postvl sample"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
