@@ -77,8 +77,9 @@ def test_sft_then_dpo_two_steps_per_family(tiny_family_model, tmp_path, family):
         assert build_main([str(src), "--out", str(tmp_path / out), "--model", model_dir]) == 0
     base = load_file(Path(model_dir) / "model.safetensors")
     vit, merger, deepstack = _split(base, family)
-    assert vit and merger and bool(deepstack) == family.startswith("qwen3")
-    assert any("pos_embed" in k for k in vit) == family.startswith("qwen3")
+    modules = get_family(family).modules
+    assert vit and merger and bool(deepstack) == (modules.deepstack_mergers is not None)
+    assert any("pos_embed" in k for k in vit) == (modules.pos_embed is not None)
 
     # Full SFT, packed: ViT bit-identical; merger, DeepStack mergers, language model and head trained.
     sft_out = tmp_path / "sft"
@@ -96,7 +97,8 @@ def test_sft_then_dpo_two_steps_per_family(tiny_family_model, tmp_path, family):
     table = (sft_out / "parameters.txt").read_text()
     for row in ("vision patch embed", "vision blocks", "merger"):
         assert row in table
-    assert ("deepstack mergers" in table) == ("vision pos embed" in table) == family.startswith("qwen3")
+    assert ("deepstack mergers" in table) == (modules.deepstack_mergers is not None)
+    assert ("vision pos embed" in table) == (modules.pos_embed is not None)
     assert ("moe experts" in table) == get_family(family).moe
 
     # LoRA DPO from the SFT model, vision features shared: the adapter and the projectors (saved with it) trained.
