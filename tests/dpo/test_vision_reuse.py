@@ -13,6 +13,7 @@ from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 from postvl.dpo.data import PreferenceCollator, PreferenceEncoder, index_dataset
 from postvl.dpo.train import frozen_copy, make_trainer
 from postvl.dpo.vision_cache import SharedVisionFeatures
+from postvl.families import get_family
 from postvl.io import read_stage
 from postvl.modeling import freeze_vision, load_model_and_processor
 from postvl.training.data import manifest_media_root, read_manifest
@@ -254,7 +255,15 @@ def _family_loss_and_grads(model_dir, records, tmp_path, *, lora, share):
 
 @pytest.mark.parametrize(
     ("family", "lora"),
-    [("qwen2_vl", False), ("qwen2_5_vl", False), ("qwen3_vl", False), ("qwen3_vl", True), ("qwen3_vl_moe", False)],
+    [
+        ("qwen2_vl", False),
+        ("qwen2_5_vl", False),
+        ("qwen3_vl", False),
+        ("qwen3_vl", True),
+        ("qwen3_vl_moe", False),
+        ("qwen3_5", False),
+        ("qwen3_5_moe", False),
+    ],
 )
 def test_every_family_shares_vision_features_exactly(tiny_family_model, raw_pairs, tmp_path, family, lora):
     model_dir = tiny_family_model(family)
@@ -264,7 +273,8 @@ def test_every_family_shares_vision_features_exactly(tiny_family_model, raw_pair
     assert base[1].keys() == ours[1].keys()
     assert any(".merger." in n for n in base[1])
     deepstack = [n for n in base[1] if "deepstack_merger_list" in n]
-    assert bool(deepstack) == family.startswith("qwen3")  # DeepStack mergers train (with train_merger) and ...
+    has_deepstack = get_family(family).modules.deepstack_mergers is not None
+    assert bool(deepstack) == has_deepstack  # DeepStack mergers train (with train_merger) and ...
     errors = {name: _rel(ours[1][name], base[1][name]) for name in base[1]}
     for name, err in errors.items():
         assert err < RTOL, name
