@@ -340,7 +340,9 @@ def run_eval(
         model=cfg.named_models()[0][1],
     )
     media_root, pixels = stage_settings(folder)
-    media_root = cfg.media_root or media_root
+    # a folder built here already resolved --media-root (and stored embedded media under itself): its manifest wins
+    built = folder.resolve() == (out / BUILD_SUBDIR).resolve()
+    media_root = media_root if built else (cfg.media_root or media_root)
     if media_root is None:
         raise ValueError(f"{folder}'s manifest names no media_root: pass --media-root")
     models = cfg.named_models()

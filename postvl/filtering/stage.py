@@ -498,7 +498,8 @@ def run_filter(
     folder = prepare_input(cfg, shard, progress=progress)
     built = folder.resolve() == (Path(cfg.out) / BUILD_SUBDIR).resolve()
     media_root, pixels = stage_settings(folder)
-    media_root = cfg.media_root or media_root
+    # a folder built here already resolved --media-root (and stored embedded media under itself): its manifest wins
+    media_root = media_root if built else (cfg.media_root or media_root)
     files = stage_files(folder)
     resolved = {
         "options": dataclasses.asdict(cfg) | {"inputs": list(cfg.inputs)},

@@ -231,7 +231,9 @@ def prepare_input(cfg: SamplingConfig, shard: Shard, *, progress: bool = True) -
         chunk_size=cfg.chunk_size,
     )
     media_root, pixels = stage_settings(folder)
-    media_root = cfg.media_root or media_root
+    # a folder built here already resolved --media-root (and stored embedded media under itself): its manifest wins
+    built = folder.resolve() == (Path(cfg.out) / BUILD_SUBDIR).resolve()
+    media_root = media_root if built else (cfg.media_root or media_root)
     if media_root is None:
         raise ValueError(f"{folder}'s manifest names no media_root: pass --media-root")
     pixels = _check_pixels(cfg, folder, PixelConfig(**pixels) if pixels else None)

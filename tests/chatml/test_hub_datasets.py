@@ -540,3 +540,18 @@ def test_command_line_mapping_and_hub_name(tmp_path, vsft_folder, capsys):
     assert stats["reasons"] == {"media_too_large": 4} and "media_too_large" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([str(vsft_folder), "--out", str(out), "--columns", "messages"])  # not KEY=VALUE
+
+
+def test_filter_built_from_embedded_media_resolves_them_against_its_own_build(tmp_path, vsft_folder):
+    """A ``--media-root`` given with raw input is the build's; the stored media then live under the built folder."""
+    from postvl.filtering.main import main as filter_main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "filter"
+    argv = [str(vsft_folder / "data"), "--out", str(out), "--only", "rules", "--media-root", str(elsewhere)]
+    assert filter_main(argv) == 0
+    root = Path(json.loads((out / "manifest.json").read_text())["config"]["media_root"])
+    assert root.resolve() == (out / "_build").resolve()
+    records = list(read_stage(out))
+    assert records and all((root / p).is_file() for r in records for p in r["images"])
