@@ -157,19 +157,11 @@ def load_video(path: str | Path, pixels: PixelConfig) -> Video:
     keeps (``postvl.media.qwen3_frame_indices``) and the video keeps their indices and the file's fps, so the
     timestamps equal the build's; a file without a frame rate raises.
     """
-    import cv2
     import numpy as np
 
-    capture = cv2.VideoCapture(str(path))
-    try:
-        container_fps = capture.get(cv2.CAP_PROP_FPS)
-        frames = []
-        ok, frame = capture.read()
-        while ok:
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            ok, frame = capture.read()
-    finally:
-        capture.release()
+    from postvl.media import read_video_frames
+
+    frames, container_fps = read_video_frames(path)
     if not frames:
         raise ValueError(f"video {path} has no readable frame; rebuild the dataset (postvl build checks videos)")
     if _writes_timestamps(pixels):

@@ -293,6 +293,26 @@ def is_video_path(path: str) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
+def read_video_frames(path: str | Path) -> tuple[list[Any], float]:
+    """Every frame of a video file (RGB ``(H, W, 3)`` arrays, possibly none) and the container's fps (0 when none).
+
+    Decodes pixels, unlike the probes: for the collators and the generator, never for sizing.
+    """
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        frames = []
+        ok, frame = capture.read()
+        while ok:
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            ok, frame = capture.read()
+    finally:
+        capture.release()
+    return frames, fps
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Frame count, fps and frame size from the container (OpenCV; PIL for animated GIF); no frames decoded.
 

@@ -156,20 +156,12 @@ def _load_image(path: str, media_root: str | Path | None) -> Any:
 
 def _decode_video(path: str, media_root: str | Path | None) -> tuple[Any, float, Path]:
     """Every frame (RGB, ``(T, H, W, 3)``), the container's fps (0 when it names none), and the full path."""
-    import cv2
     import numpy as np
 
+    from postvl.media import read_video_frames
+
     full = Path(media_root) / path if media_root is not None else Path(path)
-    cap = cv2.VideoCapture(str(full))
-    try:
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        frames = []
-        ok, frame = cap.read()
-        while ok:
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            ok, frame = cap.read()
-    finally:
-        cap.release()
+    frames, fps = read_video_frames(full)
     if not frames:
         raise ValueError(f"video {full} has no readable frame")
     return np.stack(frames), fps, full
