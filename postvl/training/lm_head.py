@@ -7,10 +7,10 @@ torch tiles elsewhere. Off a Triton device it also scores every position, not on
 each vocabulary tile in the backward pass; on a CPU that was 83% of an SFT step on the tiny Qwen2.5-VL.
 
 ``use_lm_head(trainer, ...)`` keeps TRL's trainers and their losses as they are and swaps only that forward: the
-plain head takes the backbone's hidden states at the trained positions, projects them through the LM head in one
-matmul and returns the same ``FusedCausalLMOutput`` fields from those logits (``log_softmax`` of the label,
-entropy, top-1, mean logit, ``log(sum p^2)``). It holds about two ``(trained tokens, vocab)`` float32 tensors at once,
-so ``auto`` takes it per batch only while they fit ``max_logits_gb``, and keeps TRL's fused head on Triton devices,
+plain head takes the backbone's hidden states at the trained positions, projects them through the LM head in blocks
+of rows and returns the same ``FusedCausalLMOutput`` fields from those logits (``log_softmax`` of the label,
+entropy, top-1, mean logit, ``log(sum p^2)``; see ``plain_log_probs``). It keeps one ``(trained tokens, vocab)``
+float32 tensor for the backward pass, and ``auto`` takes it per batch only while two of them fit ``max_logits_gb``, and keeps TRL's fused head on Triton devices,
 where the fused head is the fast one.
 """
 
