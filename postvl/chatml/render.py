@@ -458,6 +458,28 @@ def split_reasoning(message: dict[str, Any], content: str) -> tuple[str, str]:
     return reasoning.strip(), content
 
 
+def drop_reasoning(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """``messages`` with the reasoning of every assistant turn removed (a ``<think>...</think>`` prefix of its text,
+    a ``reasoning_content`` field), and how many turns had some: what ``postvl build --no-enable-thinking`` keeps, so
+    a thinking family trains on answers alone, rendered ``<think>\n\n</think>\n\n{answer}`` as the no-think prompt
+    prefills. Turns with media parts are left as they are (the renderer refuses them)."""
+    out, dropped = [], 0
+    for msg in messages:
+        parts = msg.get("content") or []
+        if msg.get("role") != "assistant" or any(p.get("type") != "text" for p in parts):
+            out.append(msg)
+            continue
+        text = "".join(p.get("text") or "" for p in parts)
+        reasoning, answer = split_reasoning(msg, text)
+        if not reasoning and THINK_END not in text and "reasoning_content" not in msg:
+            out.append(msg)
+            continue
+        dropped += bool(reasoning)
+        kept = {k: v for k, v in msg.items() if k not in ("content", "reasoning_content")}
+        out.append(kept | {"content": [{"type": "text", "text": answer}]})
+    return out, dropped
+
+
 def _render_thinking(
     messages: Sequence[dict[str, Any]],
     family: Family,

@@ -74,6 +74,16 @@ class Judged:
         }
 
 
+def final_answer_text(text: str, thinking: bool) -> str | None:
+    """The part of a sample the verifier reads: all of it, or for a thinking prompt (the prompt opened ``<think>``)
+    what follows the last ``</think>``; ``None`` when the thinking never closed (no final answer)."""
+    if not thinking:
+        return text
+    from postvl.chatml.render import THINK_END
+
+    return text.rsplit(THINK_END, 1)[1] if THINK_END in text else None
+
+
 def judge(
     samples: Sequence[Sample],
     gold: Any,
@@ -105,14 +115,10 @@ def judge(
         if sample.finish_reason == "length":
             judged.append(Judged(i, sample, False, None, TRUNCATED))
             continue
-        answer = sample.text
-        if thinking:
-            from postvl.chatml.render import THINK_END
-
-            if THINK_END not in sample.text:
-                judged.append(Judged(i, sample, False, None, UNFINISHED_THINKING))
-                continue
-            answer = sample.text.split(THINK_END)[-1]
+        answer = final_answer_text(sample.text, thinking)
+        if answer is None:
+            judged.append(Judged(i, sample, False, None, UNFINISHED_THINKING))
+            continue
         verdict: Verdict = verify(answer, gold, answer_type, options=options, config=verify_config)
         reason = verdict.reason if not verdict.correct else checker.check(sample.text)
         judged.append(Judged(i, sample, verdict.correct, verdict.extracted, reason))

@@ -70,6 +70,19 @@ def eval_data(tmp_path_factory, tiny_model_small) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def eval_data_qwen3_5(tmp_path_factory, tiny_family_model) -> Path:
+    """The QUESTIONS built for the tiny Qwen3.5 (its template, 32-pixel patches)."""
+    from postvl.chatml.build import BuildConfig, run_build
+
+    raw = tmp_path_factory.mktemp("eval_raw_qwen3_5")
+    write_images(raw, len(QUESTIONS))
+    path = write_jsonl(raw / "eval.jsonl", [record(*q, image=f"images/{i}.png") for i, q in enumerate(QUESTIONS)])
+    out = tmp_path_factory.mktemp("eval_built_qwen3_5") / "build"
+    run_build(BuildConfig(inputs=(str(path),), out=str(out), model=tiny_family_model("qwen3_5")), progress=False)
+    return out
+
+
 class FixedGenerator:
     """Test-only generator: ``answers[key][i]`` is the i-th sample of the request with that key (``None``: cut)."""
 

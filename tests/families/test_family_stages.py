@@ -392,3 +392,60 @@ def test_thinking_mode_is_refused_for_a_family_without_one(built, tiny_family_mo
     )
     with pytest.raises(ValueError, match="no thinking mode"):
         run_sampling(cfg, generator=ScriptedGenerator(lambda r, i: "x"), progress=False)
+
+
+@pytest.mark.parametrize("enable_thinking", [None, False])
+def test_qwen3_5_build_keeps_or_drops_the_reasoning(raw, tiny_family_model, tmp_path, enable_thinking):
+    """build --no-enable-thinking: the records train on answers alone; by default the think block is kept."""
+    from transformers import AutoProcessor
+
+    from postvl.chatml.build import BuildConfig, run_build
+    from postvl.chatml.render import IGNORE_INDEX, tokenize_with_labels
+
+    rows = [
+        _row("cot", "<image>Which colour is it? A. red B. green", "<think>\nIt is green.\n</think>\n\nB", ["wide.png"]),
+        {
+            "id": "pair",
+            "prompt": [{"role": "user", "content": "<image>Which colour?"}],
+            "chosen": [{"role": "assistant", "content": "<think>\nGreen.\n</think>\n\nB"}],
+            "rejected": [{"role": "assistant", "content": "<think>\nRed?\n</think>\n\nA"}],
+            "images": ["wide.png"],
+        },
+    ]
+    (tmp_path / "cot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = tiny_family_model("qwen3_5")
+    out = tmp_path / "build"
+    cfg = BuildConfig(
+        inputs=(str(tmp_path / "cot.jsonl"),), out=str(out), model=model, media_root=str(raw),
+        enable_thinking=enable_thinking,
+    )  # fmt: skip
+    run_build(cfg, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["config"]["enable_thinking"] is enable_thinking
+    (record,) = read_stage(out)
+    (pair,) = read_stage(out, kind="preference")
+    processor = AutoProcessor.from_pretrained(model)
+    image_tokens = [m["tokens"] for m in record["meta"]["media"]["images"]]
+    ids, labels = tokenize_with_labels(record["messages"], processor, image_tokens, [])
+    assert ids == _processor_tokens(processor, "qwen3_5", record, raw) and len(ids) == record["num_tokens"]
+    trained = processor.tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX])
+    if enable_thinking is False:
+        assert record["messages"][-1] == message("assistant", "B")
+        assert [pair["chosen"][0], pair["rejected"][0]] == [message("assistant", "B"), message("assistant", "A")]
+        assert record["meta"]["reasoning_dropped"] == 1 and pair["meta"]["reasoning_dropped"] == 2
+        assert trained == "<think>\n\n</think>\n\nB<|im_end|>"
+    else:
+        assert record["messages"][-1] == message("assistant", "<think>\nIt is green.\n</think>\n\nB")
+        assert "reasoning_dropped" not in record["meta"]
+        assert trained == "<think>\nIt is green.\n</think>\n\nB<|im_end|>"
+
+
+def test_build_refuses_enable_thinking_for_a_family_without_one(raw, tiny_family_model, tmp_path):
+    from postvl.chatml.build import BuildConfig, run_build
+
+    cfg = BuildConfig(
+        inputs=(str(raw / "data.jsonl"),), out=str(tmp_path / "b"), model=tiny_family_model("qwen3_vl"),
+        enable_thinking=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="enable_thinking is set but Qwen3-VL has no thinking mode"):
+        run_build(cfg, progress=False)
+    assert not (tmp_path / "b" / "stats.json").exists()
