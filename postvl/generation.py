@@ -304,6 +304,23 @@ class VLLMGenerator:
         self.llm = vllm.LLM(**kwargs)
         self.request_seeds = not current_platform.is_cpu()  # see the module docstring
 
+    def close(self) -> None:
+        """Shut the engine down and reset vLLM's process-wide parallel state, so that another engine can start in this
+        process. With the engine core in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) the model-parallel groups
+        outlive an engine, and vLLM 0.32 creates the expert-parallel group only when the first model is an MoE: a
+        Qwen3.5-MoE engine after a dense one then fails with "expert parallel group is not initialized"."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        engine = getattr(llm, "llm_engine", None)
+        if engine is not None and hasattr(engine, "engine_core"):
+            engine.engine_core.shutdown()
+        self.llm = None
+        del llm, engine
+        cleanup_dist_env_and_memory()
+
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[list[Sample]]:
         """``params.n`` samples per request, in request order."""
         from vllm import SamplingParams as VLLMSamplingParams

@@ -411,6 +411,8 @@ def run_eval(
                 bar = tqdm(desc=f"eval {name}", total=len(questions), unit="q", disable=not progress or None)
                 per_model[name] = _evaluate(cfg, evaluator, questions, generator, invalid, bar)
                 bar.close()
+                if name not in (generators or {}) and hasattr(generator, "close"):
+                    generator.close()  # the next model's engine starts in this process
                 del generator
                 gc.collect()
             report = _write_results(cfg, models, questions, per_model, invalid, overlap, writer)

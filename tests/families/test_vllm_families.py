@@ -77,7 +77,7 @@ SCRIPT = textwrap.dedent(
             "postvl": len(gen._hf_processor().tokenizer(padded)["input_ids"]),
             **greedy_against_transformers(gen, Request(prompt, images=(image,), videos=request.videos), model),
         }), flush=True)
-        del gen
+        gen.close()  # the next engine starts in this process
     """
 )
 
@@ -101,6 +101,7 @@ def _serve(names, models, tmp_path):
     results = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert [r["family"] for r in results] == names
     for result in results:
+        print("served", json.dumps(result))  # pytest -s shows the measured log-prob distances
         # the engine's prompt length was checked against the HF processor under these limits (else it raises)
         assert result["checked"] is True, result
         assert result["hf"] == result["postvl"], result  # and both equal postvl's own count
