@@ -458,6 +458,19 @@ def split_reasoning(message: dict[str, Any], content: str) -> tuple[str, str]:
     return reasoning.strip(), content
 
 
+def answer_after_thinking(text: str, thinking: bool) -> str | None:
+    """What a generated sample answers: all of it, or after a prompt that opened ``<think>`` (a thinking family with
+    thinking on) what follows the last ``</think>``; ``None`` when the thinking never closed (no answer)."""
+    if not thinking:
+        return text
+    return text.rsplit(THINK_END, 1)[1] if THINK_END in text else None
+
+
+def opens_thinking(prompt: str) -> bool:
+    """Whether a rendered generation prompt opened a ``<think>`` block (Qwen3.5 with thinking on)."""
+    return prompt.endswith(f"{THINK_START}\n")
+
+
 def drop_reasoning(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """``messages`` with the reasoning of every assistant turn removed (a ``<think>...</think>`` prefix of its text,
     a ``reasoning_content`` field), and how many turns had some: what ``postvl build --no-enable-thinking`` keeps, so

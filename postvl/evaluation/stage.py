@@ -281,7 +281,8 @@ class Evaluator:
 
     def judge(self, question: Question, samples: Sequence[Sample]) -> QuestionResult:
         """Verify and hygiene-check every sample of one question (raises ``ValueError`` for an unusable gold)."""
-        from postvl.rejection_sampling.select import UNFINISHED_THINKING, final_answer_text
+        from postvl.chatml.render import answer_after_thinking
+        from postvl.rejection_sampling.select import UNFINISHED_THINKING
         from postvl.rejection_sampling.verify import verify
 
         record = question.record
@@ -293,7 +294,7 @@ class Evaluator:
                     JudgedSample(sample.text, False, None, "truncated", hygiene, sample.num_tokens, "length")
                 )
                 continue
-            answer = final_answer_text(sample.text, self.thinking)
+            answer = answer_after_thinking(sample.text, self.thinking)
             if answer is None:
                 judged.append(
                     JudgedSample(

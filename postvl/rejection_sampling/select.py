@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from postvl.chatml.render import answer_after_thinking
 from postvl.generation import Sample
 from postvl.rejection_sampling.verify import Verdict, VerifyConfig, verify
 
@@ -74,16 +75,6 @@ class Judged:
         }
 
 
-def final_answer_text(text: str, thinking: bool) -> str | None:
-    """The part of a sample the verifier reads: all of it, or for a thinking prompt (the prompt opened ``<think>``)
-    what follows the last ``</think>``; ``None`` when the thinking never closed (no final answer)."""
-    if not thinking:
-        return text
-    from postvl.chatml.render import THINK_END
-
-    return text.rsplit(THINK_END, 1)[1] if THINK_END in text else None
-
-
 def judge(
     samples: Sequence[Sample],
     gold: Any,
@@ -115,7 +106,7 @@ def judge(
         if sample.finish_reason == "length":
             judged.append(Judged(i, sample, False, None, TRUNCATED))
             continue
-        answer = final_answer_text(sample.text, thinking)
+        answer = answer_after_thinking(sample.text, thinking)
         if answer is None:
             judged.append(Judged(i, sample, False, None, UNFINISHED_THINKING))
             continue

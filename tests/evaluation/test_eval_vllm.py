@@ -106,6 +106,8 @@ def test_postvl_sample_on_vllm_with_qwen3_5_keeps_the_thinking_in_the_think_bloc
     proc = subprocess.run(command, env=_vllm_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "starting vLLM" in proc.stderr and "vLLM prompt length matches the processor's" in proc.stderr
+    rejected = {json.loads(x)["id"]: json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()}
+    print({k: (v["reason"], v.get("detail")) for k, v in rejected.items()})
     kept = {r["id"]: r for r in read_stage(out)}
     assert sorted(k for k in kept if "#s" in k) == ["e-yes-1#s0", "e-yes-2#s0"]  # right on the two yes questions
     (text,) = [p["text"] for p in kept["e-yes-1#s0"]["messages"][-1]["content"]]
