@@ -76,7 +76,8 @@ def test_eval_on_vllm_of_qwen3_5_dense_and_moe_reads_the_answer_after_think(
     moe = rig_constant(tiny_family_model("qwen3_5_moe"), tmp_path / "moe", "Yes.</think>Answer: no")
     out = tmp_path / "eval"
     command = [sys.executable, "-m", "postvl.cli", "eval", str(eval_data_qwen3_5), "--model", f"dense={dense}",
-               "--model", f"moe={moe}", "--out", str(out), "--config", str(CONFIG), "--k", "2", "--max-tokens", "16"]  # fmt: skip
+               "--model", f"moe={moe}", "--out", str(out), "--config", str(CONFIG), "--k", "2",
+               "--max-tokens", "16"]  # fmt: skip
     proc = subprocess.run(command, env=_vllm_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "vLLM prompt length matches the processor's" in proc.stderr  # both engines served the image prompts
@@ -93,11 +94,9 @@ def test_eval_on_vllm_of_qwen3_5_dense_and_moe_reads_the_answer_after_think(
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_postvl_sample_on_vllm_with_qwen3_5_keeps_the_thinking_in_the_think_block(
+def test_postvl_sample_on_vllm_with_qwen3_5_verifies_the_answer_after_think(
     eval_data_qwen3_5, tiny_family_model, tmp_path, rig_constant
 ):
-    from postvl.io import read_stage
-
     model = rig_constant(tiny_family_model("qwen3_5"), tmp_path / "dense", "No.</think>Answer: yes")
     sampling = CONFIG.parents[1] / "sampling" / "tiny_cpu.yaml"
     out = tmp_path / "cot"
@@ -107,8 +106,12 @@ def test_postvl_sample_on_vllm_with_qwen3_5_keeps_the_thinking_in_the_think_bloc
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "starting vLLM" in proc.stderr and "vLLM prompt length matches the processor's" in proc.stderr
     rejected = {json.loads(x)["id"]: json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()}
-    print({k: (v["reason"], v.get("detail")) for k, v in rejected.items()})
-    kept = {r["id"]: r for r in read_stage(out)}
-    assert sorted(k for k in kept if "#s" in k) == ["e-yes-1#s0", "e-yes-2#s0"]  # right on the two yes questions
-    (text,) = [p["text"] for p in kept["e-yes-1#s0"]["messages"][-1]["content"]]
-    assert text == "<think>\nNo.\n</think>\n\nAnswer: yes"  # the chain of thought inside the think block
+    # only the final answer is verified: right on the two yes questions although the thinking says "No."; the
+    # rigged text has its "Answer:" right after </think>, not on a line of its own, so hygiene rejects it (the kept
+    # record's layout is tested on exact tokens in tests/families/test_family_stages.py)
+    assert {k: v["reason"] for k, v in rejected.items()} == {
+        "e-yes-1": "no_hygienic_sample", "e-yes-2": "no_hygienic_sample",
+        "e-no-1": "no_correct_sample", "e-math": "no_correct_sample",
+    }  # fmt: skip
+    assert rejected["e-yes-1"]["detail"] == "2/2 correct, 0 hygienic"
+    assert rejected["e-no-1"]["detail"] == "0/2 correct, 0 hygienic"

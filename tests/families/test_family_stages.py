@@ -410,7 +410,7 @@ def test_qwen3_5_build_keeps_or_drops_the_reasoning(raw, tiny_family_model, tmp_
     from postvl.chatml.render import IGNORE_INDEX, tokenize_with_labels
 
     rows = [
-        _row("cot", "<image>Which colour is it? A. red B. green", "<think>\nIt is green.\n</think>\n\nB", ["wide.png"]),
+        _row("cot", "<image>Which colour is it?", "<think>\nIt is green.\n</think>\n\nB", ["wide.png"]),
         {
             "id": "pair",
             "prompt": [{"role": "user", "content": "<image>Which colour?"}],

@@ -46,7 +46,8 @@ SCRIPT = textwrap.dedent(
         with torch.no_grad():
             logp = torch.log_softmax(hf(**inputs).logits[0, n - 1 : -1].float(), -1)
         hf_lp = [logp[i, t].item() for i, t in enumerate(tokens)]
-        return {"logprob_diff": max(abs(a - b) for a, b in zip(vllm_lp, hf_lp)), "logprob_std": logp.std(-1).min().item()}
+        diff = max(abs(a - b) for a, b in zip(vllm_lp, hf_lp))
+        return {"logprob_diff": diff, "logprob_std": logp.std(-1).min().item()}
 
     video_path = sys.argv[1]
     writer = cv2.VideoWriter(video_path, cv2.VideoWriter_fourcc(*"mp4v"), 4.0, (90, 50))
