@@ -108,7 +108,8 @@ def vision_touch_reason(mode: str, args: Any) -> str | None:
         return None
     if mode == "on":
         return "set on"
-    env = {k: os.environ.get(k, "false").lower() == "true" for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")}
+    keys = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+    env = {k: os.environ.get(k, "false").lower() == "true" for k in keys}
     if args.world_size > 1:
         return f"{args.world_size} processes"
     if args.fsdp or env["ACCELERATE_USE_FSDP"]:

@@ -100,7 +100,8 @@ def test_sft_cli_with_a_text_only_rank_and_an_image_rank_equals_one_process(tiny
         vit = [k for k in base if k.startswith("visual.") and not k.startswith("visual.merger.")]
         assert vit and all(torch.equal(base[k], merged[k]) for k in vit)
     merger = [k for k in base if k.startswith("visual.merger.")]
-    two_merged, one_merged = load_file(out / "merged" / "model.safetensors"), load_file(one / "merged" / "model.safetensors")
+    two_merged = load_file(out / "merged" / "model.safetensors")
+    one_merged = load_file(one / "merged" / "model.safetensors")
     assert not torch.equal(base[merger[0]], two_merged[merger[0]])  # the merger trained
     assert all(torch.allclose(two_merged[k], one_merged[k], rtol=1e-4, atol=1e-6) for k in merger)
 
