@@ -62,7 +62,9 @@ def dummy_vision_zero(model: Any, fill: float = 0.0) -> Any:
     param = next(tower.parameters())
     # The smallest image the tower accepts: one temporal patch, one merge window (merge x merge patches).
     pixels = torch.full(
-        (merge * merge, channels * cfg.temporal_patch_size * cfg.patch_size**2), fill, dtype=param.dtype,
+        (merge * merge, channels * cfg.temporal_patch_size * cfg.patch_size**2),
+        fill,
+        dtype=param.dtype,
         device=param.device,
     )
     grid = torch.tensor([[1, merge, merge]], device=param.device)

@@ -138,7 +138,8 @@ def install_vision_touch_for_run(models: list[Any], mode: str, args: Any, modali
             install_vision_touch(model, touched)
         state = f"on ({reason}; {' + '.join(touched)})"
     logging.getLogger(__name__).info(
-        "vision touch: %s%s", state,
+        "vision touch: %s%s",
+        state,
         "" if reason is None else ": a batch without one of these runs the vision tower on a dummy image (adds 0)",
     )
     return state
