@@ -173,3 +173,42 @@ def test_dpo_cli_with_shared_vision_features_a_text_only_rank_and_an_image_rank_
     merged = load_file(out / "merged" / "model.safetensors")
     vit = [k for k in base if k.startswith("visual.") and not k.startswith("visual.merger.")]
     assert vit and all(torch.equal(base[k], merged[k]) for k in vit)
+
+
+@pytest.mark.slow
+def test_sft_pieces_under_fsdp2_with_a_text_only_rank_equal_one_process(tiny_model_small, tmp_path):
+    """``postvl sft``'s data, model preparation and ``vision_touch: auto`` under FSDP2 ``fully_shard`` on gloo."""
+    data = _alternating_sft_records(tmp_path, tiny_model_small)
+    worker = REPO / "tests" / "distributed" / "sft_fsdp_worker.py"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/fsdp.yaml"),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "{port}", str(worker),
+        tiny_model_small, str(data),
+    ]  # fmt: skip
+    proc = _launch_helper()(cmd, worker.parent, tmp_path / "fsdp")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("RESULT_UNITS 4") == 2  # really sharded on both ranks
+    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT ") :])
+    assert result["vision_touch"] == "on (2 processes; image)" and result["rank0_media"] == [False, False]
+    assert result["trunk_unchanged"] and result["trunk_params"] > 0
+
+    # One process, the same records: FSDP averages the two ranks' gradients.
+    sys.path.insert(0, str(worker.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("_sft_fsdp_worker", worker)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(worker.parent))
+    model, collator, touch = module.prepare(tiny_model_small, str(data), None)
+    assert touch == "off"
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    expected = []
+    for step in range(2):
+        loss = sum(model(**collator([{"bin": [2 * step + r]}])).loss for r in (0, 1)) / 2
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        expected.append(loss.item())
+    assert result["losses"] == pytest.approx(expected, rel=1e-5)
+    assert expected[1] < expected[0]
