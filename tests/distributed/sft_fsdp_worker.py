@@ -18,7 +18,7 @@ from accelerate_worker import fully_shard_like_plugin
 
 
 def prepare(model_dir: str, data_dir: str, args):
-    """Model, collator and records as ``postvl.sft.main`` prepares them, with the vision touch decided from ``args``."""
+    """Model and collator as ``postvl.sft.main`` prepares them; the vision touch decided from ``args`` (None: off)."""
     from postvl.modeling import freeze_vision, load_model_and_processor
     from postvl.sft.data import PaddedCollator
     from postvl.training.config import DataArguments

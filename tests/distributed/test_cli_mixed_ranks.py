@@ -181,9 +181,9 @@ def test_sft_pieces_under_fsdp2_with_a_text_only_rank_equal_one_process(tiny_mod
     data = _alternating_sft_records(tmp_path, tiny_model_small)
     worker = REPO / "tests" / "distributed" / "sft_fsdp_worker.py"
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/fsdp.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "{port}", str(worker),
-        tiny_model_small, str(data),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO / "configs/accelerate/fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+        "--main_process_port", "{port}", str(worker), tiny_model_small, str(data),
     ]  # fmt: skip
     proc = _launch_helper()(cmd, worker.parent, tmp_path / "fsdp")
     assert proc.returncode == 0, proc.stderr[-4000:]
