@@ -110,8 +110,8 @@ def rig_constant_model(src: str | Path, dst: str | Path, answer: str, *, scale: 
 
     Attention (softmax and linear) and MLP outputs are zeroed, so the last hidden state is the current token's
     embedding (normalised); the LM head maps each token of the chain ``<|im_start|>assistant\\n`` -> answer
-    tokens -> ``<|im_end|>`` to its successor with a margin of ``scale``, which makes even temperature-1 sampling give that text every time. Every
-    token of the chain must be distinct (the chain is checked).
+    tokens -> ``<|im_end|>`` to its successor with a margin of ``scale``, which makes even temperature-1 sampling
+    give that text every time. Every token of the chain must be distinct (the chain is checked).
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
