@@ -35,8 +35,8 @@ class NgramRepetitionFilter(Filter):
         dup_ngrams: ``{n: max share}``: the n-grams that occur again may cover at most this share of the answer's
             word characters. Defaults to Gopher's ``{5: 0.15, ..., 10: 0.10}``.
         min_tokens: shorter answers are not measured (the shares are noise on a short answer); a CJK character
-            counts as half a token here, since a Chinese or Japanese word is about two characters: a 4-gram of
-            characters is one or two words ("平均速度", average speed), which a short answer may well repeat.
+            counts as 2/3 of a token here, since a Chinese word is about 1.5 characters: a 4-gram of characters is
+            one or two words ("平均速度", average speed), which a short answer may well repeat.
         ignore_markup: measure the text between HTML/XML tags only: an HTML table repeats ``td`` ``tr`` by design,
             which is not the degenerate repetition this filter is for (document parsing answers are HTML).
 
@@ -77,7 +77,8 @@ class NgramRepetitionFilter(Filter):
         tokens = tokenize(text) if self.ignore_markup else sample.answer_tokens
         if len(tokens) < self._min_tokens:
             return None
-        if not text.isascii() and len(tokens) - len(CJK_RE.findall(text)) / 2 < self._min_tokens:
+        # Each CJK character counts 2/3 (in integers: 3 per other token, 2 per CJK character, against 3 per token).
+        if not text.isascii() and 3 * len(tokens) - len(CJK_RE.findall(text)) < 3 * self._min_tokens:
             return None
         # Every statistic needs an n-gram (n >= n0) that occurs twice, hence an n0-gram that occurs twice.
         ids, repeats = _first_positions(_ngrams(tokens, n0))
