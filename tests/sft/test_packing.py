@@ -201,11 +201,14 @@ def test_packed_loss_and_gradients_equal_unpacked(tiny_family_model, records, fa
     loss_err = abs(loss_packed - loss_padded) / abs(loss_padded)
     assert loss_err < 1e-5
     assert grads_packed.keys() == grads_padded.keys()
+    # Gated DeltaNet's chunked float32 sums (run per record when packed) reach ~1e-4 on its per-head scalars (A_log):
+    # the same bound as tests/families/test_packing_linear_attention.py; everything else stays under 1e-4.
+    tolerance = 5e-4 if get_family(family).linear_attention else 1e-4
     assert any(".visual." in n for n in grads_padded)  # the vision tower (and DeepStack mergers) took part
     errors = {}
     for name, g in grads_padded.items():
         errors[name] = float((grads_packed[name] - g).norm() / g.norm().clamp(min=1e-12))
-        assert errors[name] < 1e-4, (name, errors[name])
+        assert errors[name] < tolerance, (name, errors[name])
     print(f"{family}: loss {loss_padded:.6f}, packed rel. error {loss_err:.1e}; max gradient rel. error "
           f"{max(errors.values()):.1e} over {len(errors)} tensors")  # shown with pytest -rP
 
@@ -218,11 +221,23 @@ def test_without_the_text_row_packing_leaks_across_records(tiny_family_model, re
     items = [{"bin": [0, 1, 2, 3, 4]}]
     packed_batch = packed(items)
     leaky = dict(packed_batch, position_ids=packed_batch["position_ids"][1:])
-    with torch.no_grad():
-        right, wrong, reference = (_loss(model, b).item() for b in (packed_batch, leaky, padded(items)))
+    (right, right_g), (wrong, wrong_g), (reference, ref_g) = (
+        _loss_and_grads(model, b) for b in (packed_batch, leaky, padded(items))
+    )
     right_err, wrong_err = abs(right - reference) / reference, abs(wrong - reference) / reference
+
+    def grad_err(grads):
+        return max(float((grads[n] - g).norm() / g.norm().clamp(min=1e-12)) for n, g in ref_g.items())
+
+    right_grad, wrong_grad = grad_err(right_g), grad_err(wrong_g)
+    print(f"{family}: packed rel. error of loss / max gradient {right_err:.1e} / {right_grad:.1e} with the text row, "
+          f"{wrong_err:.1e} / {wrong_grad:.1e} without")
     assert right_err < 1e-6
-    assert wrong_err > 1e-5 and wrong_err > 100 * right_err
+    assert wrong_grad > 1e-2 and wrong_grad > 100 * right_grad
+    if not get_family(family).linear_attention:
+        assert wrong_err > 1e-5 and wrong_err > 100 * right_err
+    else:  # its one full-attention layer leaks; the random tiny model's loss is dominated by log(vocab)
+        assert wrong_err > 100 * right_err or right_err == 0 < wrong_err
 
 
 def test_a_model_of_another_family_fails_at_once(tiny_model_small):
