@@ -53,6 +53,8 @@ QUICK_ARGS: dict[str, list[str]] = {
     "sampling_throughput": ["--prompts", "8", "--k", "4", "--max-tokens", "64"],
     "peers_train": ["--quick"],  # 64 records, 32 pairs per tool; the peers' venvs are built on first use
 }
+# Scripts that measure a CUDA GPU (`make test-gpu` runs them there): without one they are a SKIPPED row, not run.
+GPU_ONLY = ("gpu_sft_tokens",)
 RESULT_RE = re.compile(r"^RESULT (?P<name>[a-z0-9_]+) (?P<value>\S+) (?P<unit>\S+) \| (?P<what>.+)$")
 
 
@@ -77,6 +79,7 @@ class Outcome:
     seconds: float
     rows: list[Row] = field(default_factory=list)
     error: str = ""
+    skipped: str = ""
 
     @property
     def ok(self) -> bool:
@@ -154,11 +157,20 @@ def run_script(folder: Path, script: str, args: list[str], timeout: float, log_d
     return outcome
 
 
+def cuda_available() -> bool:
+    """Whether this machine has a CUDA GPU (asked in a child process, so the runner itself never imports torch)."""
+    code = "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
 def table_rows(outcomes: list[Outcome]) -> list[Row]:
-    """Every RESULT row, and one FAILED row for each script that failed (its good rows are kept as well)."""
+    """Every RESULT row, one FAILED row for each script that failed (its good rows are kept as well) and one SKIPPED
+    row for each GPU-only script on a machine without a GPU."""
     rows: list[Row] = []
     for outcome in outcomes:
         rows += outcome.rows
+        if outcome.skipped:
+            rows.append(Row(outcome.script, "SKIPPED", what=outcome.skipped))
         if not outcome.ok:
             rows.append(Row(outcome.script, "FAILED", what=outcome.error, ok=False))
     return rows
@@ -201,7 +213,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(scripts)}")
         scripts = [s for s in scripts if s in wanted]
     outcomes = []
+    has_gpu = None
     for i, script in enumerate(scripts, 1):
+        if script in GPU_ONLY:
+            has_gpu = cuda_available() if has_gpu is None else has_gpu
+            if not has_gpu:
+                print(f"[{i}/{len(scripts)}] {script}: skipped, no CUDA GPU", file=sys.stderr, flush=True)
+                outcomes.append(Outcome(script, None, 0.0, skipped="needs a CUDA GPU (make test-gpu runs it there)"))
+                continue
         script_args = [] if args.full else QUICK_ARGS.get(script, [])
         print(f"[{i}/{len(scripts)}] {script} {' '.join(script_args)}".rstrip(), file=sys.stderr, flush=True)
         outcome = run_script(args.dir, script, script_args, args.timeout, args.log_dir)
@@ -216,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": not args.full,
         "scripts": [
-            {"script": o.script, "returncode": o.returncode, "seconds": round(o.seconds, 1), "error": o.error}
+            {
+                "script": o.script,
+                "returncode": o.returncode,
+                "seconds": round(o.seconds, 1),
+                "error": o.error,
+                "skipped": o.skipped,
+            }
             for o in outcomes
         ],
         "rows": [asdict(r) for r in rows],

@@ -296,11 +296,30 @@ class VLLMGenerator:
             "seed": self.seed,
         }
         kwargs.update(self.engine_kwargs or {})
-        logger.info("starting vLLM %s on %s", vllm.__version__, self.model)
-        self.llm = vllm.LLM(**kwargs)
         from vllm.platforms import current_platform
 
+        if current_platform.is_cpu() and self.family.linear_attention:
+            check_vllm_cpu_linear_attention(self.model, str(kwargs["dtype"]))
+        logger.info("starting vLLM %s on %s", vllm.__version__, self.model)
+        self.llm = vllm.LLM(**kwargs)
         self.request_seeds = not current_platform.is_cpu()  # see the module docstring
+
+    def close(self) -> None:
+        """Shut the engine down and reset vLLM's process-wide parallel state, so that another engine can start in this
+        process. With the engine core in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) the model-parallel groups
+        outlive an engine, and vLLM 0.32 creates the expert-parallel group only when the first model is an MoE: a
+        Qwen3.5-MoE engine after a dense one then fails with "expert parallel group is not initialized"."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        engine = getattr(llm, "llm_engine", None)
+        if engine is not None and hasattr(engine, "engine_core"):
+            engine.engine_core.shutdown()
+        self.llm = None
+        del llm, engine
+        cleanup_dist_env_and_memory()
 
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[list[Sample]]:
         """``params.n`` samples per request, in request order."""
@@ -355,6 +374,44 @@ class VLLMGenerator:
             self._processor = load_processor(self.model)
             apply_pixels(self._processor, self.pixels)
         return self._processor
+
+
+# What vllm-cpu's Gated DeltaNet kernel (``torch.ops._C.chunk_gated_delta_rule_cpu``, 0.32) takes; the released Qwen3.5
+# models (key and value heads of 128) fit.
+VLLM_CPU_LINEAR_HEAD_DIMS = (64, 128)
+
+
+def check_vllm_cpu_linear_attention(model: str | Path, dtype: str) -> None:
+    """Refuse, before the engine starts, what vllm-cpu's Gated DeltaNet kernel cannot run (Qwen3.5 on a CPU).
+
+    vLLM would fail later, in its first forward, with ``AssertionError: CPU GDN attention requires BF16.`` or
+    ``RuntimeError: Unexpected head dim size, 32``.
+
+    Raises:
+        ValueError: ``dtype`` is not bfloat16, or the linear-attention heads are not 64 or 128 wide (key = value).
+    """
+    import json
+
+    config_file = Path(model) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if dtype == "auto":
+        dtype = str(config.get("dtype") or config.get("torch_dtype") or "auto")
+    errors = []
+    if dtype != "bfloat16":
+        errors.append(f"dtype {dtype!r}: vLLM's CPU Gated DeltaNet kernel runs in bfloat16 only")
+    if config:
+        text = config.get("text_config") or config
+        dims = (text.get("linear_key_head_dim", 128), text.get("linear_value_head_dim", 128))  # the config defaults
+        if dims[0] != dims[1] or dims[0] not in VLLM_CPU_LINEAR_HEAD_DIMS:
+            errors.append(
+                f"linear_key_head_dim / linear_value_head_dim {dims[0]} / {dims[1]}: vLLM's CPU Gated DeltaNet kernel "
+                f"takes equal key and value heads of {' or '.join(map(str, VLLM_CPU_LINEAR_HEAD_DIMS))}"
+            )
+    if errors:
+        raise ValueError(
+            f"vLLM cannot serve {model} on this CPU: " + "; ".join(errors) + ". Use --dtype bfloat16 where only the "
+            "dtype is the problem, or --backend transformers"
+        )
 
 
 def _vllm_prompt(request: Request) -> dict[str, Any]:

@@ -67,3 +67,24 @@ def test_every_benchmark_in_the_repository_is_run_and_expected_ones_are_listed()
     on_disk = {p.stem for p in (REPO / "benchmarks").glob("*.py")} - {"run_all"}
     assert on_disk <= set(scripts) and set(runner.EXPECTED) <= set(scripts) and "run_all" not in scripts
     assert set(runner.QUICK_ARGS) <= set(scripts)
+
+
+def test_gpu_only_script_is_a_skipped_row_without_cuda_and_runs_with_it(tmp_path, monkeypatch):
+    runner = _runner()
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "cpu_one.py").write_text('print("RESULT cpu_ratio 2.00 x | ours / a baseline")\n')
+    (bench / "gpu_one.py").write_text('raise SystemExit("must not run without a GPU")\n')
+    monkeypatch.setattr(runner, "EXPECTED", ("cpu_one",))
+    monkeypatch.setattr(runner, "GPU_ONLY", ("gpu_one",))
+    monkeypatch.setattr(runner, "cuda_available", lambda: False)
+    code = runner.main(["--dir", str(bench), "--log-dir", str(tmp_path / "logs")])
+    results = json.loads((tmp_path / "logs" / "results.json").read_text())
+    rows = {(r["script"], r["name"]): r for r in results["rows"]}
+    assert code == 0
+    assert rows[("gpu_one", "SKIPPED")]["what"].startswith("needs a CUDA GPU") and ("gpu_one", "FAILED") not in rows
+    assert not (tmp_path / "logs" / "gpu_one.log").exists()
+    monkeypatch.setattr(runner, "cuda_available", lambda: True)  # with a GPU it runs, and its failure counts
+    assert runner.main(["--dir", str(bench), "--log-dir", str(tmp_path / "logs2")]) == 1
+    rows = {(r["script"], r["name"]) for r in json.loads((tmp_path / "logs2" / "results.json").read_text())["rows"]}
+    assert ("gpu_one", "FAILED") in rows

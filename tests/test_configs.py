@@ -101,3 +101,29 @@ def test_accelerate_configs_load(path):
     config = ClusterConfig.from_yaml_file(str(path))
     assert config.num_processes >= 1
     assert config.distributed_type is not None
+
+
+@pytest.mark.parametrize("size", ["qwen3_5_27b_lora", "qwen3_5_35b_a3b_lora"])
+def test_qwen3_5_recipes_put_lora_on_the_same_modules_for_sft_and_dpo(size, tiny_family_model):
+    """The SFT and DPO recipes of a Qwen3.5 size name the same LoRA targets, and on a tiny model of the family they
+    hit exactly the softmax-attention and Gated DeltaNet projections of the language model (no MLP, no shared expert,
+    no in_proj_a / in_proj_b, nothing of the ViT)."""
+    import re
+
+    import torch
+    import yaml
+    from transformers import AutoModelForImageTextToText
+
+    from postvl.modeling import lora_target_regex
+
+    sft = yaml.safe_load((CONFIGS / "sft" / f"{size}.yaml").read_text())
+    dpo = yaml.safe_load((CONFIGS / "dpo" / f"{size}.yaml").read_text())
+    assert sft["lora_target_modules"] == dpo["lora_target_modules"]
+    family = "qwen3_5_moe" if "a3b" in size else "qwen3_5"
+    model = AutoModelForImageTextToText.from_pretrained(tiny_family_model(family), dtype=torch.float32)
+    pattern = lora_target_regex(model, dpo["lora_target_modules"])
+    hits = sorted(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and re.fullmatch(pattern, n))
+    prefix = "model.language_model.layers"
+    linear_attention = [f"{prefix}.0.linear_attn.{p}" for p in ("in_proj_qkv", "in_proj_z", "out_proj")]
+    attention = [f"{prefix}.1.self_attn.{p}_proj" for p in "kvqo"]  # layer 0 Gated DeltaNet, layer 1 attention
+    assert hits == sorted(linear_attention + attention)

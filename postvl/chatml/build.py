@@ -69,6 +69,10 @@ class BuildConfig:
             ``tags``) applied to every input that has no ``dataset_info.json`` entry.
         columns, tags: the same mapping's ``columns`` / ``tags`` (override the file's keys).
         formatting, ranking: the same mapping's ``formatting`` (``sharegpt`` | ``alpaca``) and ``ranking``.
+        enable_thinking: a thinking family's mode (Qwen3.5). ``True`` / unset keeps each assistant turn's reasoning
+            (a ``<think>...</think>`` prefix), which trains inside the think block; ``False`` drops it, so records
+            train on answers alone (``<think>\n\n</think>\n\n{answer}``, what the no-think prompt prefills) and
+            ``meta["reasoning_dropped"]`` counts the turns that had some. Other families refuse it.
     """
 
     inputs: tuple[str, ...]
@@ -91,6 +95,7 @@ class BuildConfig:
     tags: Mapping[str, str] | None = None
     formatting: str | None = None
     ranking: bool | None = None
+    enable_thinking: bool | None = None
 
     def __post_init__(self) -> None:
         errors = []
@@ -295,6 +300,8 @@ class RecordBuilder:
         try:
             draft = to_draft(raw.data, fmt=self.cfg.format, source=raw.source, options=options)
             record, sizes = finish_record(draft, self.ctx, base=self.base(raw))
+            if self.cfg.enable_thinking is False:
+                record = _without_reasoning(record)
             record["num_tokens"] = self.num_tokens(record, sizes.image_tokens, sizes.video_tokens)
         except RecordError as err:
             payload = printable(raw.data)
@@ -321,6 +328,18 @@ class RecordBuilder:
                 for side in (record["chosen"], record["rejected"])
             )
         return self._count_tokens(record["messages"], image_tokens, video_tokens, self.tokenizer, family=self.family)
+
+
+def _without_reasoning(record: dict[str, Any]) -> dict[str, Any]:
+    from postvl.chatml.render import drop_reasoning
+
+    out, dropped = dict(record), 0
+    for key in ("messages", "chosen", "rejected"):
+        if key in record:
+            out[key], n = drop_reasoning(record[key])
+            dropped += n
+    out["meta"] = {**(record.get("meta") or {}), "reasoning_dropped": dropped}
+    return out
 
 
 def load_tokenizer(model: str) -> Any:
@@ -424,6 +443,9 @@ def run_build(cfg: BuildConfig, *, shard: Shard | None = None, progress: bool = 
     media_root = roots.media_root
     processor = load_processor_for_pixels(cfg.model) if cfg.model else None
     pixels = resolve_pixels(cfg, processor)
+    family = get_family(pixels.family or LEGACY_FAMILY)
+    if cfg.enable_thinking is not None and not family.thinking:
+        raise ValueError(f"postvl build: enable_thinking is set but {family.title} has no thinking mode")
     resolved = dataclasses.asdict(cfg) | {"media_root": media_root, "pixels": dataclasses.asdict(pixels)}
     resolved["inputs"] = list(cfg.inputs)
     if roots.store:

@@ -70,6 +70,13 @@ def make_parser() -> argparse.ArgumentParser:
     mapping.add_argument("--tags", type=_pairs, help="e.g. role_tag=speaker,content_tag=text,user_tag=human")
     mapping.add_argument("--formatting", choices=("sharegpt", "alpaca"), help="conversation or instruction rows")
     mapping.add_argument("--ranking", action="store_true", default=None, help="rows are preference pairs")
+    parser.add_argument(
+        "--enable-thinking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Qwen3.5: --no-enable-thinking drops the assistant turns' reasoning (train on answers alone); default: "
+        "kept in the <think> block",
+    )
     parser.add_argument("--num-proc", type=int, default=1, help="worker processes (default: 1)")
     parser.add_argument("--chunk-size", type=int, default=10_000, help="records per Parquet part")
     return parser
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         tags=args.tags,
         formatting=args.formatting,
         ranking=args.ranking,
+        enable_thinking=args.enable_thinking,
     )
     result = run_build(cfg)
     if result.skipped:

@@ -458,6 +458,41 @@ def split_reasoning(message: dict[str, Any], content: str) -> tuple[str, str]:
     return reasoning.strip(), content
 
 
+def answer_after_thinking(text: str, thinking: bool) -> str | None:
+    """What a generated sample answers: all of it, or after a prompt that opened ``<think>`` (a thinking family with
+    thinking on) what follows the last ``</think>``; ``None`` when the thinking never closed (no answer)."""
+    if not thinking:
+        return text
+    return text.rsplit(THINK_END, 1)[1] if THINK_END in text else None
+
+
+def opens_thinking(prompt: str) -> bool:
+    """Whether a rendered generation prompt opened a ``<think>`` block (Qwen3.5 with thinking on)."""
+    return prompt.endswith(f"{THINK_START}\n")
+
+
+def drop_reasoning(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """``messages`` with the reasoning of every assistant turn removed (a ``<think>...</think>`` prefix of its text,
+    a ``reasoning_content`` field), and how many turns had some: what ``postvl build --no-enable-thinking`` keeps, so
+    a thinking family trains on answers alone, rendered ``<think>\n\n</think>\n\n{answer}`` as the no-think prompt
+    prefills. Turns with media parts are left as they are (the renderer refuses them)."""
+    out, dropped = [], 0
+    for msg in messages:
+        parts = msg.get("content") or []
+        if msg.get("role") != "assistant" or any(p.get("type") != "text" for p in parts):
+            out.append(msg)
+            continue
+        text = "".join(p.get("text") or "" for p in parts)
+        reasoning, answer = split_reasoning(msg, text)
+        if not reasoning and THINK_END not in text and "reasoning_content" not in msg:
+            out.append(msg)
+            continue
+        dropped += bool(reasoning)
+        kept = {k: v for k, v in msg.items() if k not in ("content", "reasoning_content")}
+        out.append(kept | {"content": [{"type": "text", "text": answer}]})
+    return out, dropped
+
+
 def _render_thinking(
     messages: Sequence[dict[str, Any]],
     family: Family,

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from postvl.dpo.vision_cache import SharedVisionFeatures
     from postvl.training.data import check_dataset_families, load_mixed_records, resolve_pixel_limits
     from postvl.training.lm_head import use_lm_head
-    from postvl.training.model import check_vision_frozen, lora_config
+    from postvl.training.model import check_vision_frozen, install_vision_touch_for_run, lora_config
     from postvl.training.outputs import (
         plot_log_history,
         resume_value,
@@ -87,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in (model, ref_model):
             if m is not None:
                 shared.install(m)
+    policy_and_ref = [m for m in (model, ref_model) if m is not None]
+    touch = install_vision_touch_for_run(policy_and_ref, vision.vision_touch, args, records.modalities())
     trl_args = dataclasses.replace(args, remove_unused_columns=False, padding_free=False)
     trainer = dpo_lib.make_trainer(
+        shared=shared,
         model=model,
         ref_model=ref_model,
         args=trl_args,
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": trainer.state.global_step,
             "epochs": args.num_train_epochs,
             "processes": trainer.accelerator.num_processes,
+            "vision_touch": touch,
             "lm_head": lm_head,
             "lm_head_calls": f"{head_counts.plain} plain, {head_counts.fused} fused",
             "reference": _reference_kind(args.precompute_ref_log_probs, full, continued),

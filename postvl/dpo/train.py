@@ -124,8 +124,15 @@ def file_backed(dataset: Any, folder: str | Path) -> Any:
         return load_from_disk(str(folder))
 
 
-def make_trainer(**kwargs: Any) -> Any:
-    """TRL's DPOTrainer on postvl's prepared pair indices (see ``PreparedDPOTrainer``)."""
+def make_trainer(*, shared: Any | None = None, **kwargs: Any) -> Any:
+    """TRL's DPOTrainer on postvl's prepared pair indices (see ``PreparedDPOTrainer``).
+
+    Args:
+        shared: the ``SharedVisionFeatures`` installed on the policy (and reference), if any: its features are kept
+            for one batch (the policy's and the reference's forward of it), never across batches, so whether a
+            forward runs the ViT trunk is the same on every rank, whatever the data (sharded gathers stay in step).
+        kwargs: ``DPOTrainer``'s.
+    """
     from trl import DPOTrainer
 
     class PreparedDPOTrainer(DPOTrainer):
@@ -134,11 +141,22 @@ def make_trainer(**kwargs: Any) -> Any:
         Rows are ``{"index": k}``; ``postvl.dpo.data.PreferenceCollator`` loads, renders and encodes the records.
         TRL has no switch to skip its own tokenization for such rows, so this one method says so. With no ``images``
         column TRL does not take the rows for raw vision data, which also lets its ``precompute_ref_log_probs`` run
-        over postvl's collator (TRL refuses it for raw vision rows, which it would process up front).
+        over postvl's collator (TRL refuses it for raw vision rows, which it would process up front). Each batch
+        starts with an empty shared-feature cache (``shared``).
         """
 
         def _prepare_dataset(self, dataset: Any, *args: Any, **kw: Any) -> Any:
             return dataset
+
+        def compute_loss(self, *args: Any, **kw: Any) -> Any:
+            if shared is not None:
+                shared.clear()  # a new batch: its policy forward encodes, its reference forward reuses
+            return super().compute_loss(*args, **kw)
+
+        def compute_ref_log_probs(self, *args: Any, **kw: Any) -> Any:
+            if shared is not None:
+                shared.clear()
+            return super().compute_ref_log_probs(*args, **kw)
 
     return PreparedDPOTrainer(**kwargs)
 

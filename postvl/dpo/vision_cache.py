@@ -9,8 +9,9 @@ crosses the vision tower four times per step.
 
 1. recognises the stacked layout (the second half of the images equals the first: same grids, same pixels) and runs
    the frozen trunk (patch embedding, Qwen3-VL's position embedding, blocks) on the first half only;
-2. keeps that trunk output for the images of the last batch and hands it to any later call on the same pixels (the
-   reference forward of the same step) instead of recomputing it;
+2. keeps that trunk output for the images of the batch and hands it to any later call on the same pixels (the
+   reference forward of the same step) instead of recomputing it; the trainer clears it at each new batch
+   (``postvl.dpo.train.make_trainer``), so every rank runs the trunk in the same forwards;
 3. applies the calling tower's own merger to the trunk output, so a trainable merger (``train_merger``) gets its
    gradients and a reference (adapter disabled, or a frozen copy) uses its own merger; a merger without trainable
    parameters is cached too, per merger module. Qwen3-VL's DeepStack mergers (``deepstack_merger_list``) are treated
@@ -54,6 +55,7 @@ class ShareCounts:
     trunk_runs: int = 0
     images_encoded: int = 0
     images_reused: int = 0
+    touches: int = 0  # dummy forwards of ``postvl.vision_touch`` (not counted above)
 
 
 class SharedVisionFeatures:
@@ -131,6 +133,12 @@ class SharedVisionFeatures:
     def _forward(self, tower: Any, original: Any, deepstack: list[Any], pixels: Any, grid_thw: Any) -> Any:
         import torch
 
+        from postvl.vision_touch import is_touching
+
+        # The vision touch's dummy image goes through the cache like a real one (encoded by the first forward of a
+        # batch, reused by the reference's), so a text-only rank runs the trunk exactly when the others do.
+        counts = ShareCounts() if is_touching(tower) else self.counts
+        self.counts.touches += is_touching(tower)
         unique_pixels, unique_grid, copies = _unique_half(pixels, grid_thw)
         entry = self._lookup(unique_pixels, unique_grid)
         if entry is None:
@@ -149,11 +157,11 @@ class SharedVisionFeatures:
                 type(out), captured,
             )
             self.entries = [entry, *self.entries][: self.max_entries]
-            self.counts.trunk_runs += 1
-            self.counts.images_encoded += len(unique_grid)
-            self.counts.images_reused += len(unique_grid) * (copies - 1)
+            counts.trunk_runs += 1
+            counts.images_encoded += len(unique_grid)
+            counts.images_reused += len(unique_grid) * (copies - 1)
         else:
-            self.counts.images_reused += len(unique_grid) * copies
+            counts.images_reused += len(unique_grid) * copies
         if len(entry.deepstack) != len(deepstack):
             raise RuntimeError("the cached trunk output has another number of DeepStack layers than this tower")
 

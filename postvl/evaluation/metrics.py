@@ -9,7 +9,9 @@ Each evaluated question holds ``k`` judged samples of one model. Per group of qu
 - ``hygiene_fail``: the share of samples that fail a CoT hygiene check (repetition, length, language mixing, the
   final-answer form the prompt asked for), right or wrong;
 - ``truncated``: the share of samples cut by the token limit (never correct);
-- ``no_final_answer``: the share of samples in which the verifier found no final answer.
+- ``no_final_answer``: the share of samples in which the verifier found no final answer (for a thinking prompt, a
+  sample whose ``<think>`` block never closes has none either);
+- ``unfinished_thinking``: the share of samples of a thinking prompt whose ``<think>`` block never closes.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def summarise(results: Sequence[QuestionResult]) -> dict[str, Any]:
         "mean_tokens": sum(s.num_tokens for s in samples) / n if n else None,
         "hygiene_fail": share(s.hygiene is not None for s in samples),
         "truncated": share(s.finish_reason == "length" for s in samples),
-        "no_final_answer": share(s.reason == "no_final_answer" for s in samples),
+        "no_final_answer": share(s.reason in ("no_final_answer", "unfinished_thinking") for s in samples),
+        "unfinished_thinking": share(s.reason == "unfinished_thinking" for s in samples),
     }
 
 

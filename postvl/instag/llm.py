@@ -465,6 +465,8 @@ class LLMTagger:
         """Per record, the ``meta`` keys tagging adds, or a ``RecordError`` with the reason code (and the answer)."""
         import dataclasses
 
+        from postvl.chatml.render import opens_thinking
+
         outcomes: list[dict[str, Any] | RecordError | None] = [None] * len(records)
         requests: dict[int, Any] = {}
         for i, record in enumerate(records):
@@ -485,16 +487,26 @@ class LLMTagger:
             self.attempts += len(pending)
             still = []
             for i, sample in zip(pending, samples, strict=True):
-                outcome = self.interpret(sample[0], fallback_of.get(i))
+                outcome = self.interpret(sample[0], fallback_of.get(i), thinking=opens_thinking(requests[i].prompt))
                 outcomes[i] = outcome
                 if isinstance(outcome, RecordError):
                     still.append(i)
             pending = still
         return [o if o is not None else RecordError(UNPARSEABLE, "no answer") for o in outcomes]
 
-    def interpret(self, sample: Any, fallback: dict[str, tuple[str, float]] | None) -> dict[str, Any] | RecordError:
-        """One generated answer -> the meta keys, or a ``RecordError`` naming why it cannot be used."""
-        parsed = parse_output(sample.text)
+    def interpret(
+        self, sample: Any, fallback: dict[str, tuple[str, float]] | None, *, thinking: bool = False
+    ) -> dict[str, Any] | RecordError:
+        """One generated answer -> the meta keys, or a ``RecordError`` naming why it cannot be used.
+
+        ``thinking``: the prompt opened ``<think>`` (a Qwen3.5 tagger): only the text after ``</think>`` is read.
+        """
+        from postvl.chatml.render import answer_after_thinking
+
+        answer = answer_after_thinking(sample.text, thinking)
+        if answer is None:
+            return RecordError(UNPARSEABLE, f"the thinking never closed (</think>): {sample.text[:500]!r}")
+        parsed = parse_output(answer)
         if parsed is None:
             cut = " (cut at max_tokens: raise --max-tokens)" if sample.finish_reason == "length" else ""
             return RecordError(UNPARSEABLE, f"no JSON answer{cut}: {sample.text[:500]!r}")

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from postvl.chatml.render import answer_after_thinking
 from postvl.generation import Sample
 from postvl.rejection_sampling.verify import Verdict, VerifyConfig, verify
 
@@ -105,14 +106,10 @@ def judge(
         if sample.finish_reason == "length":
             judged.append(Judged(i, sample, False, None, TRUNCATED))
             continue
-        answer = sample.text
-        if thinking:
-            from postvl.chatml.render import THINK_END
-
-            if THINK_END not in sample.text:
-                judged.append(Judged(i, sample, False, None, UNFINISHED_THINKING))
-                continue
-            answer = sample.text.split(THINK_END)[-1]
+        answer = answer_after_thinking(sample.text, thinking)
+        if answer is None:
+            judged.append(Judged(i, sample, False, None, UNFINISHED_THINKING))
+            continue
         verdict: Verdict = verify(answer, gold, answer_type, options=options, config=verify_config)
         reason = verdict.reason if not verdict.correct else checker.check(sample.text)
         judged.append(Judged(i, sample, verdict.correct, verdict.extracted, reason))

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from postvl.training.data import check_dataset_families, load_mixed_records, resolve_pixel_limits
     from postvl.training.encoding import RecordEncoder
     from postvl.training.lm_head import use_lm_head
-    from postvl.training.model import check_vision_frozen, lora_config
+    from postvl.training.model import check_vision_frozen, install_vision_touch_for_run, lora_config
     from postvl.training.outputs import (
         plot_log_history,
         resume_value,
@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         pad_id = processor.tokenizer.pad_token_id
         collator = PaddedCollator(records, encoder, pad_id, cfg.image_token_id, cfg.video_token_id)
 
+    # Every rank runs the vision tower every forward (sharded gathers / DDP reductions stay in step).
+    touch = install_vision_touch_for_run([model], vision.vision_touch, args, records.modalities())
+
     # Train: TRL sees a ready-made dataset and collator; its own packing / truncation / template swap stay off.
     trl_args = dataclasses.replace(
         args,
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             "skipped_too_long": len(too_long),
             "steps": trainer.state.global_step,
             "processes": trainer.accelerator.num_processes,
+            "vision_touch": touch,
             "lm_head": lm_head,
             "lm_head_calls": f"{head_counts.plain} plain, {head_counts.fused} fused",
             "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),

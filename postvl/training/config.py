@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+VISION_TOUCH_MODES = ("auto", "on", "off")
+
 
 @dataclass
 class DataArguments:
@@ -54,6 +56,10 @@ class VisionArguments:
         min_pixels, max_pixels: image pixel limits; default: those the dataset was built with (its manifest). A
             value that conflicts with the dataset's is an error, since the dataset's token counts and rescaled
             coordinates were computed with them.
+        vision_touch: run the vision tower on a dummy image (adding exactly zero) in every forward whose batch lacks
+            an image or video modality of the run's data (``postvl.vision_touch``): ``on``, ``off``, or ``auto`` (on
+            when more than one process trains or the run is sharded with FSDP / DeepSpeed). Without it a rank with a
+            text-only batch skips the tower and the ranks' parameter gathers / gradient reductions go out of step.
     """
 
     freeze_vision: bool = field(default=True, metadata={"help": "freeze ViT patch embedding + blocks"})
@@ -64,8 +70,13 @@ class VisionArguments:
     unfreeze_last_n_blocks: int = field(default=0, metadata={"help": "keep the last N ViT blocks trainable"})
     min_pixels: int | None = field(default=None, metadata={"help": "image min pixels (default: dataset's)"})
     max_pixels: int | None = field(default=None, metadata={"help": "image max pixels (default: dataset's)"})
+    vision_touch: str = field(
+        default="auto", metadata={"help": "auto | on | off: dummy vision forward for batches without media"}
+    )
 
     def __post_init__(self) -> None:
+        if self.vision_touch not in VISION_TOUCH_MODES:
+            raise ValueError(f"vision_touch must be one of {VISION_TOUCH_MODES}, got {self.vision_touch!r}")
         if self.unfreeze_last_n_blocks < 0:
             raise ValueError(f"unfreeze_last_n_blocks must be >= 0, got {self.unfreeze_last_n_blocks}")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:

@@ -32,6 +32,14 @@ class MixedRecords:
     def media_root_of(self, k: int) -> str | None:
         return self.media_roots[self.index[k][0]]
 
+    def modalities(self) -> tuple[str, ...]:
+        """The media kinds some record carries: a subset of ``("image", "video")``, in that order."""
+        found = []
+        for kind, column in (("image", "images"), ("video", "videos")):
+            if any(column in t.column_names and any(t[column]) for t in self.tables):
+                found.append(kind)
+        return tuple(found)
+
     def num_tokens(self) -> list[int | None]:
         columns = [t["num_tokens"] if "num_tokens" in t.column_names else [None] * len(t) for t in self.tables]
         return [columns[t][row] for t, row in self.index]

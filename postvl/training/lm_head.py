@@ -7,10 +7,10 @@ torch tiles elsewhere. Off a Triton device it also scores every position, not on
 each vocabulary tile in the backward pass; on a CPU that was 83% of an SFT step on the tiny Qwen2.5-VL.
 
 ``use_lm_head(trainer, ...)`` keeps TRL's trainers and their losses as they are and swaps only that forward: the
-plain head takes the backbone's hidden states at the trained positions, projects them through the LM head in one
-matmul and returns the same ``FusedCausalLMOutput`` fields from those logits (``log_softmax`` of the label,
-entropy, top-1, mean logit, ``log(sum p^2)``). It holds about two ``(trained tokens, vocab)`` float32 tensors at once,
-so ``auto`` takes it per batch only while they fit ``max_logits_gb``, and keeps TRL's fused head on Triton devices,
+plain head takes the backbone's hidden states at the trained positions, projects them through the LM head in blocks
+of rows and returns the same ``FusedCausalLMOutput`` fields from those logits (``log_softmax`` of the label,
+entropy, top-1, mean logit, ``log(sum p^2)``; see ``plain_log_probs``). It keeps one ``(trained tokens, vocab)``
+float32 tensor for the backward pass, and ``auto`` takes it per batch only while two of them fit ``max_logits_gb``, and keeps TRL's fused head on Triton devices,
 where the fused head is the fast one.
 """
 
@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 LM_HEAD_PATHS = ("auto", "fused", "plain")
 METRIC_OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 _BYTES_PER_LOGIT = 4 * 2  # float32 logits and their log-softmax are alive together
-_METRIC_CHUNK_ELEMENTS = 2**25  # 128 MB of float32 per temporary of the metrics
+# rows per block of the head: 32 MB of float32 logits, under glibc's largest mmap threshold, so that the blocks'
+# temporaries reuse freed heap memory instead of page-faulting fresh mappings every step
+_BLOCK_ELEMENTS = 2**23
 
 
 @dataclass
@@ -159,7 +161,7 @@ def install_plain_lm_head(
         mask = mask.to(lm_head.weight.device)
         targets = labels[:, 1:].to(lm_head.weight.device)[mask]
         hidden = backbone_outputs.last_hidden_state[:, :-1].to(lm_head.weight.device)[mask]
-        per_token = _plain_log_probs(lm_head(hidden), targets, outputs)
+        per_token = plain_log_probs(hidden, lm_head.weight, getattr(lm_head, "bias", None), targets, outputs)
         # `masked_scatter` keeps the output connected to the graph when no label is valid, as TRL's head does
         fields = {name: x.new_zeros(mask.shape).masked_scatter(mask, x) for name, x in per_token.items()}
         log_probs = fields["log_probs"]
@@ -181,32 +183,136 @@ def install_plain_lm_head(
     model._postvl_fused_forward = fused_forward
 
 
-def _plain_log_probs(logits: Any, targets: Any, outputs: tuple[str, ...]) -> dict[str, Any]:
-    """Per-token fields of ``FusedCausalLMOutput`` from ``(n, vocab)`` logits, as TRL's kernel defines them.
+def plain_log_probs(
+    hidden: Any, weight: Any, bias: Any, targets: Any, outputs: tuple[str, ...]
+) -> dict[str, Any]:
+    """Per-token fields of ``FusedCausalLMOutput`` for ``(n, hidden)`` states under the LM head ``weight`` / ``bias``.
 
-    Only ``log_probs`` carries a gradient: TRL's trainers use the other fields as metrics (entropy, top-1, mean
-    logit) or as detached weights (``log_sum_sq_probs``, WPO). Fields not in ``outputs`` are NaN.
+    The fields are TRL's kernel's: the label's log-softmax (the only one with a gradient; TRL's trainers use the
+    others as metrics or detached weights), entropy ``-sum p log p``, top-1 (the first maximum: a tie goes to the
+    lower token id), the mean logit and ``log(sum p^2)``; a field not in ``outputs`` is NaN.
+
+    The logits are computed, log-softmaxed and scored in blocks of rows, and only the float32 log-softmax of every
+    row, ``(n, vocab)``, is kept for the backward pass, which turns it in place into the gradient of the logits
+    (``onehot - softmax``, scaled) and multiplies it back through the head. Autograd through ``log_softmax`` and
+    ``gather`` holds the logits, the log-softmax, a zero-filled gradient and the logits' gradient, all ``(n, vocab)``
+    and each freshly allocated (page-faulted) every step: on a CPU that cost more than the matmuls.
     """
     import torch
 
-    log_p = torch.log_softmax(logits.float(), dim=-1)  # its backward needs only this output
-    fields: dict[str, Any] = {"log_probs": log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)}
-    n, vocab = log_p.shape
-    with torch.no_grad():
-        for name in METRIC_OUTPUTS:
-            fields[name] = torch.full((n,), float("nan"), device=log_p.device)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
+        log_probs, log_p, mean_logits = _target_log_probs_function().apply(hidden, weight, bias, targets, outputs)
+    else:
+        log_probs, log_p, mean_logits = _target_log_probs(hidden, weight, bias, targets, outputs)
+    fields: dict[str, Any] = {"log_probs": log_probs}
+    with torch.no_grad():  # before the backward pass, which turns log_p into the logits' gradient
+        fields.update(_metrics(log_p.detach(), targets, outputs))
+    if "mean_logits" in outputs:
+        fields["mean_logits"] = mean_logits
+    return fields
+
+
+def _block_rows(vocab: int) -> int:
+    return max(1, _BLOCK_ELEMENTS // vocab)
+
+
+def _logits(hidden: Any, weight: Any, bias: Any) -> Any:
+    import torch
+
+    out = hidden @ weight.t() if bias is None else torch.addmm(bias, hidden, weight.t())
+    return out.float()
+
+
+def _target_log_probs(
+    hidden: Any, weight: Any, bias: Any, targets: Any, outputs: tuple[str, ...]
+) -> tuple[Any, Any, Any]:
+    """The labels' log-probs, the float32 log-softmax of every row and (if asked) the mean logits, block by block."""
+    import torch
+
+    n, vocab = hidden.shape[0], weight.shape[0]
+    log_p = torch.empty((n, vocab), dtype=torch.float32, device=hidden.device)
+    mean_logits = torch.full((n,), float("nan"), device=hidden.device)
+    rows = _block_rows(vocab)
+    for start in range(0, n, rows):
+        logits = _logits(hidden[start : start + rows], weight, bias)
+        torch.ops.aten._log_softmax.out(logits, 1, False, out=log_p[start : start + rows])
+        if "mean_logits" in outputs:
+            mean_logits[start : start + rows] = logits.mean(1)
+    return log_p.gather(1, targets.unsqueeze(1)).squeeze(1), log_p, mean_logits
+
+
+@functools.cache
+def _target_log_probs_function() -> Any:
+    import torch
+
+    class TargetLogProbs(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, bias, targets, outputs):
+            log_probs, log_p, mean_logits = _target_log_probs(hidden, weight, bias, targets, outputs)
+            ctx.save_for_backward(hidden, weight, targets)
+            ctx.log_p = log_p  # not saved as a version-checked tensor: the backward overwrites it in place, once
+            ctx.mark_non_differentiable(log_p, mean_logits)
+            return log_probs, log_p, mean_logits
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad_log_probs, _grad_log_p, _grad_mean):
+            hidden, weight, targets = ctx.saved_tensors
+            grad = ctx.log_p
+            if grad is None:
+                raise RuntimeError("the plain LM head's backward ran twice over one forward (retain_graph)")
+            ctx.log_p = None
+            need_h, need_w, need_b = ctx.needs_input_grad[:3]
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+            grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+            g = grad_log_probs.float()
+            rows = _block_rows(weight.shape[0])
+            for start in range(0, grad.shape[0], rows):
+                end = min(start + rows, grad.shape[0])
+                block, g_block = grad[start:end], g[start:end]
+                # d log_softmax(z)[t] / dz = onehot(t) - softmax(z), times the incoming gradient
+                block.exp_().mul_(-g_block.unsqueeze(1))
+                block.scatter_add_(1, targets[start:end].unsqueeze(1), g_block.unsqueeze(1))
+                block_w = block.to(weight.dtype)
+                if need_h:
+                    grad_h[start:end] = block_w @ weight
+                if need_w:
+                    grad_w.addmm_(block.t(), hidden[start:end].float())
+                if need_b:
+                    grad_b += block.sum(0)
+            grad_w = grad_w.to(weight.dtype) if need_w else None
+            grad_b = grad_b.to(weight.dtype) if need_b else None
+            return grad_h, grad_w, grad_b, None, None
+
+    return TargetLogProbs
+
+
+def _metrics(log_p: Any, targets: Any, outputs: tuple[str, ...]) -> dict[str, Any]:
+    """The metric fields from the kept log-softmax, block by block (temporaries of one block only)."""
+    import torch
+
+    n = log_p.shape[0]
+    fields = {name: torch.full((n,), float("nan"), device=log_p.device) for name in METRIC_OUTPUTS}
+    if "is_top1" in outputs:
+        fields["is_top1"] = torch.zeros(n, dtype=torch.bool, device=log_p.device)
+    if not outputs:
+        return fields
+    rows = _block_rows(log_p.shape[1])
+    for start in range(0, n, rows):
+        end = min(start + rows, n)
+        block = log_p[start:end]
+        if "entropy" in outputs:  # -sum p log p
+            fields["entropy"][start:end] = -torch.linalg.vecdot(block.exp(), block)
         if "is_top1" in outputs:
-            fields["is_top1"] = torch.zeros(n, dtype=torch.bool, device=log_p.device)
-        rows = max(1, _METRIC_CHUNK_ELEMENTS // vocab)  # bounds the temporaries of the metrics
-        for start in range(0, n, rows):
-            chunk, end = log_p[start : start + rows].detach(), min(start + rows, n)
-            if "entropy" in outputs:  # -sum p log p as a batched dot product: no (rows, vocab) product is stored
-                probs = chunk.exp()
-                fields["entropy"][start:end] = -torch.bmm(probs.unsqueeze(1), chunk.unsqueeze(2)).view(-1)
-            if "is_top1" in outputs:  # the first maximum, like TRL's kernel: a tie goes to the lower token id
-                fields["is_top1"][start:end] = chunk.argmax(-1) == targets[start:end]
-            if "mean_logits" in outputs:
-                fields["mean_logits"][start:end] = logits[start:end].detach().float().mean(-1)
-            if "log_sum_sq_probs" in outputs:
-                fields["log_sum_sq_probs"][start:end] = torch.logsumexp(2 * chunk, -1)
+            # the label is the first maximum: it reaches the row's maximum and no lower token id does (argmax,
+            # slow on a CPU, only over the rows where the label ties the maximum)
+            t = targets[start:end]
+            top = block.gather(1, t.unsqueeze(1)).squeeze(1) == block.amax(1)
+            if top.any():
+                tied = top.nonzero().squeeze(1)
+                top[tied] = block[tied].argmax(1) == t[tied]
+            fields["is_top1"][start:end] = top
+        if "log_sum_sq_probs" in outputs:
+            fields["log_sum_sq_probs"][start:end] = torch.logsumexp(2 * block, 1)
     return fields

@@ -92,3 +92,54 @@ def _vision_blocks(model: Any) -> Any:
     from postvl.modeling import vision_tower
 
     return vision_tower(model).blocks
+
+
+def vision_touch_reason(mode: str, args: Any) -> str | None:
+    """Why the vision touch is on for this run (``None``: off).
+
+    Args:
+        mode: ``VisionArguments.vision_touch``: ``on``, ``off`` or ``auto`` (on when more than one process trains, or
+            the run is sharded with FSDP or DeepSpeed, as ``accelerate launch`` or the TRL config says).
+        args: the run's TRL ``SFTConfig`` / ``DPOConfig``.
+    """
+    import os
+
+    if mode == "off":
+        return None
+    if mode == "on":
+        return "set on"
+    keys = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+    env = {k: os.environ.get(k, "false").lower() == "true" for k in keys}
+    if args.world_size > 1:
+        return f"{args.world_size} processes"
+    if args.fsdp or env["ACCELERATE_USE_FSDP"]:
+        return "FSDP"
+    if args.deepspeed or env["ACCELERATE_USE_DEEPSPEED"]:
+        return "DeepSpeed"
+    return None
+
+
+def install_vision_touch_for_run(models: list[Any], mode: str, args: Any, modalities: tuple[str, ...]) -> str:
+    """Install ``postvl.vision_touch`` on each model (policy, reference) when the run needs it; the state in words.
+
+    ``modalities`` are those of the run's records; a run without media still touches for images, so that a trainable
+    merger gets a (zero) gradient on every rank.
+    """
+    import logging
+
+    from postvl.vision_touch import install_vision_touch
+
+    reason = vision_touch_reason(mode, args)
+    if reason is None:
+        state = "off"
+    else:
+        touched = modalities or ("image",)
+        for model in models:
+            install_vision_touch(model, touched)
+        state = f"on ({reason}; {' + '.join(touched)})"
+    logging.getLogger(__name__).info(
+        "vision touch: %s%s",
+        state,
+        "" if reason is None else ": a batch without one of these runs the vision tower on a dummy image (adds 0)",
+    )
+    return state

@@ -55,7 +55,7 @@ def main(model_dir: str) -> None:
     if "--no-touch" not in sys.argv:
         from postvl.vision_touch import install_vision_touch
 
-        install_vision_touch(model)
+        install_vision_touch(model, ("image",))  # the run's data: text and images
     model = fully_shard_like_plugin(model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     losses = []

@@ -70,6 +70,19 @@ def eval_data(tmp_path_factory, tiny_model_small) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def eval_data_qwen3_5(tmp_path_factory, tiny_family_model) -> Path:
+    """The QUESTIONS built for the tiny Qwen3.5 (its template, 32-pixel patches)."""
+    from postvl.chatml.build import BuildConfig, run_build
+
+    raw = tmp_path_factory.mktemp("eval_raw_qwen3_5")
+    write_images(raw, len(QUESTIONS))
+    path = write_jsonl(raw / "eval.jsonl", [record(*q, image=f"images/{i}.png") for i, q in enumerate(QUESTIONS)])
+    out = tmp_path_factory.mktemp("eval_built_qwen3_5") / "build"
+    run_build(BuildConfig(inputs=(str(path),), out=str(out), model=tiny_family_model("qwen3_5")), progress=False)
+    return out
+
+
 class FixedGenerator:
     """Test-only generator: ``answers[key][i]`` is the i-th sample of the request with that key (``None``: cut)."""
 
@@ -95,10 +108,10 @@ class FixedGenerator:
 def rig_constant_model(src: str | Path, dst: str | Path, answer: str, *, scale: float = 40.0, seed: int = 0) -> Path:
     """A copy of a tiny model that answers every prompt with exactly ``answer`` and then ``<|im_end|>``.
 
-    Attention and MLP outputs are zeroed, so the last hidden state is the current token's embedding (normalised);
-    the LM head maps each token of the chain ``<|im_start|>assistant\\n`` -> answer tokens -> ``<|im_end|>`` to its
-    successor with a margin of ``scale``, which makes even temperature-1 sampling give that text every time. Every
-    token of the chain must be distinct (the chain is checked).
+    Attention (softmax and linear) and MLP outputs are zeroed, so the last hidden state is the current token's
+    embedding (normalised); the LM head maps each token of the chain ``<|im_start|>assistant\\n`` -> answer
+    tokens -> ``<|im_end|>`` to its successor with a margin of ``scale``, which makes even temperature-1 sampling
+    give that text every time. Every token of the chain must be distinct (the chain is checked).
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -113,8 +126,13 @@ def rig_constant_model(src: str | Path, dst: str | Path, answer: str, *, scale: 
     lm = model.model.language_model
     with torch.no_grad():
         for layer in lm.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
+            # softmax attention, Gated DeltaNet (Qwen3.5), and the MLP (dense, or experts and shared expert)
+            for mixer, out in (("self_attn", "o_proj"), ("linear_attn", "out_proj")):
+                if hasattr(layer, mixer):
+                    getattr(getattr(layer, mixer), out).weight.zero_()
+            for name, param in layer.mlp.named_parameters():
+                if "down_proj" in name:
+                    param.zero_()
         emb = torch.randn(lm.embed_tokens.weight.shape, generator=torch.Generator().manual_seed(seed))
         lm.embed_tokens.weight.copy_(emb)
         unit = emb / emb.norm(dim=-1, keepdim=True)

@@ -125,3 +125,79 @@ def test_config_errors_are_collected_and_named(tmp_path):
         ("merged", "runs/demo/06_sft/merged"),
         ("dpo", "runs/x"),
     ]
+
+
+# Qwen3.5 with thinking on: the prompt opens <think>, so a sample is "reasoning\n</think>\n\nfinal answer" and only
+# the final answer counts. e-yes-1: 1/4 (right; the thinking says yes but the answer no; thinking never closed; cut),
+# e-yes-2 4/4, e-no-1 0/4 (the thinking says no, the answer yes), e-math 3/4.
+THINKING = {
+    "e-yes-1": [
+        "It is red.\n</think>\n\nAnswer: yes",
+        "Answer: yes?\n</think>\n\nAnswer: no",
+        "Answer: yes, but let me look again",
+        None,
+    ],
+    "e-yes-2": ["\n</think>\n\nAnswer: yes"] * 4,
+    "e-no-1": ["Answer: no\n</think>\n\nAnswer: yes"] * 4,
+    "e-math": ["\\boxed{5}\n</think>\n\n\\boxed{6}", *["2 + 3\n</think>\n\n\\boxed{5}"] * 3],
+}
+
+
+def test_qwen3_5_with_thinking_is_judged_on_the_final_answer_after_think(
+    eval_data_qwen3_5, tmp_path, monkeypatch, fixed_generator, tiny_family_model
+):
+    monkeypatch.setattr("postvl.evaluation.stage._load_tokenizer", lambda model: None)
+    model = tiny_family_model("qwen3_5")
+    gen = fixed_generator(THINKING)
+    cfg = EvalConfig(
+        inputs=(str(eval_data_qwen3_5),), out=str(tmp_path / "eval"), models=(f"a={model}",), k=4, max_tokens=8,
+        max_model_len=512,
+    )  # fmt: skip
+    result = run_eval(cfg, generators={"a": gen}, progress=False)
+    assert all(r.prompt.endswith("<|im_start|>assistant\n<think>\n") for r in gen.calls[0])
+    assert not gen.calls[0][0].prompt.startswith("<|im_start|>system")  # Qwen3.5 adds no system turn
+    a = result.report["models"]["a"]
+    assert result.report["thinking"] is True
+    assert a["overall"]["accuracy"] == pytest.approx((0.25 + 1 + 0 + 0.75) / 4)
+    assert a["overall"]["pass@k"] == pytest.approx(3 / 4)
+    assert a["by_answer_type"]["math"]["accuracy"] == pytest.approx(0.75)
+    assert a["overall"]["unfinished_thinking"] == a["overall"]["no_final_answer"] == pytest.approx(1 / 16)
+    lines = {x["id"]: x for x in map(json.loads, (tmp_path / "eval" / "samples" / "a.jsonl").read_text().splitlines())}
+    reasons = [s["reason"] for s in lines["e-yes-1"]["samples"]]
+    assert reasons == [None, "mismatch", "unfinished_thinking", "truncated"]
+    assert [s["extracted"] for s in lines["e-no-1"]["samples"]] == ["yes"] * 4
+
+
+def test_qwen3_5_with_thinking_off_reads_the_whole_answer(
+    eval_data_qwen3_5, tmp_path, monkeypatch, fixed_generator, tiny_family_model
+):
+    monkeypatch.setattr("postvl.evaluation.stage._load_tokenizer", lambda model: None)
+    model = tiny_family_model("qwen3_5")
+    gen = fixed_generator(lambda request, i: "\\boxed{5}" if "2 + 3" in request.prompt else "Answer: yes")
+    cfg = load_config(
+        None, inputs=(str(eval_data_qwen3_5),), out=str(tmp_path / "eval"), models=(f"a={model}",), k=2,
+        max_tokens=8, max_model_len=512, enable_thinking=False,
+    )  # fmt: skip
+    result = run_eval(cfg, generators={"a": gen}, progress=False)
+    assert all(r.prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") for r in gen.calls[0])
+    a = result.report["models"]["a"]
+    assert result.report["thinking"] is False
+    assert a["overall"]["accuracy"] == pytest.approx(3 / 4)  # yes, yes, (no: wrong), 5
+    assert a["overall"]["unfinished_thinking"] == 0.0
+
+
+def test_enable_thinking_is_refused_for_a_family_without_one(eval_data, tmp_path, fixed_generator, tiny_model_small):
+    cfg = _cfg(eval_data, tmp_path, tiny_model_small, enable_thinking=True)
+    gen = fixed_generator(A)
+    with pytest.raises(ValueError, match="enable_thinking is set but Qwen2.5-VL has no thinking mode"):
+        run_eval(cfg, generators={"a": gen, "b": gen}, progress=False)
+    assert not gen.calls and not (tmp_path / "eval" / "stats.json").exists()
+
+
+def test_enable_thinking_is_a_flag_of_postvl_eval():
+    from postvl.evaluation.main import make_parser
+
+    def parsed(*flags):
+        return make_parser().parse_args(["data", "--model", "m", "--out", "o", *flags]).enable_thinking
+
+    assert (parsed(), parsed("--enable-thinking"), parsed("--no-enable-thinking")) == (None, True, False)

@@ -191,9 +191,10 @@ def test_build_for_a_family_without_a_model(raw, tmp_path):
     assert json.loads(records["box"]["answer"]) == [100, 100, 900, 900]
 
 
-def test_tag_requests_follow_the_family(built, raw, tiny_family_model):
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_tag_requests_follow_the_family(built, raw, tiny_family_model, name):
     """The LLM tagger renders with the model's own template and loads videos the way the family's processor counts
-    them (Qwen3-VL timestamps from the frames' place in the file)."""
+    them (Qwen3-VL and Qwen3.5 timestamps from the frames' place in the file)."""
     from transformers import AutoProcessor, AutoTokenizer
 
     from postvl.generation import SamplingParams, _processor_inputs
@@ -202,8 +203,9 @@ def test_tag_requests_follow_the_family(built, raw, tiny_family_model):
     from postvl.io import stage_settings
     from postvl.media import PixelConfig
 
-    folder = tiny_family_model("qwen3_vl")
-    media_root, pixels = stage_settings(built("qwen3_vl"))
+    family = get_family(name)
+    folder = tiny_family_model(name)
+    media_root, pixels = stage_settings(built(name))
     tagger = LLMTagger(
         load_taxonomy(),
         None,
@@ -213,21 +215,26 @@ def test_tag_requests_follow_the_family(built, raw, tiny_family_model):
         params=SamplingParams(n=1, temperature=0.0, max_tokens=8),
         max_videos=1,
     )
-    record = next(r for r in read_stage(built("qwen3_vl")) if r["id"] == "vid")
+    record = next(r for r in read_stage(built(name)) if r["id"] == "vid")
     request = tagger.request(record)
-    assert request.prompt.startswith("<|im_start|>user\n")  # Qwen3-VL adds no system turn
-    text = AutoProcessor.from_pretrained(folder).tokenizer.decode(
-        _processor_inputs(AutoProcessor.from_pretrained(folder), [request])["input_ids"][0]
-    )
-    stamps = record["meta"]["media"]["videos"][0]["layout"]["timestamps"]
-    assert [f"<{t:.1f} seconds>" in text for t in stamps] == [True] * len(stamps)
+    # Qwen3-VL and Qwen3.5 add no system turn; a tagging prompt asks for labels, never for thinking
+    assert request.prompt.startswith("<|im_start|>user\n") is (family.default_system is None)
+    processor = AutoProcessor.from_pretrained(folder)
+    ids = _processor_inputs(processor, [request])["input_ids"][0].tolist()
+    (video,) = record["meta"]["media"]["videos"]
+    assert ids.count(processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")) == video["tokens"]  # as built
+    if family.video_timestamps:
+        text = processor.tokenizer.decode(ids)
+        stamps = record["meta"]["media"]["videos"][0]["layout"]["timestamps"]
+        assert [f"<{t:.1f} seconds>" in text for t in stamps] == [True] * len(stamps)
 
 
-def test_filter_keeps_family_records_as_built(built, tmp_path):
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_filter_keeps_family_records_as_built(built, tmp_path, name):
     from postvl.filtering.main import DEFAULT_CONFIG
     from postvl.filtering.stage import FilterConfig, run_filter
 
-    source = built("qwen3_vl")
+    source = built(name)
     out = tmp_path / "clean"
     run_filter(
         FilterConfig(inputs=(str(source),), out=str(out), config=str(DEFAULT_CONFIG), only="rules"), progress=False
@@ -236,7 +243,7 @@ def test_filter_keeps_family_records_as_built(built, tmp_path):
     assert stats["total"] == stats["kept"] + stats["rejected"] == read_stats(source)["kept"]
     before = {r["id"]: r for r in read_stage(source)}
     for record in read_stage(out):
-        assert record["meta"]["family"] == "qwen3_vl"
+        assert record["meta"]["family"] == name
         assert record["num_tokens"] == before[record["id"]]["num_tokens"]
         assert record["meta"].get("media") == before[record["id"]]["meta"].get("media")
 
@@ -392,3 +399,102 @@ def test_thinking_mode_is_refused_for_a_family_without_one(built, tiny_family_mo
     )
     with pytest.raises(ValueError, match="no thinking mode"):
         run_sampling(cfg, generator=ScriptedGenerator(lambda r, i: "x"), progress=False)
+
+
+@pytest.mark.parametrize("enable_thinking", [None, False])
+def test_qwen3_5_build_keeps_or_drops_the_reasoning(raw, tiny_family_model, tmp_path, enable_thinking):
+    """build --no-enable-thinking: the records train on answers alone; by default the think block is kept."""
+    from transformers import AutoProcessor
+
+    from postvl.chatml.build import BuildConfig, run_build
+    from postvl.chatml.render import IGNORE_INDEX, tokenize_with_labels
+
+    rows = [
+        _row("cot", "<image>Which colour is it?", "<think>\nIt is green.\n</think>\n\nB", ["wide.png"]),
+        {
+            "id": "pair",
+            "prompt": [{"role": "user", "content": "<image>Which colour?"}],
+            "chosen": [{"role": "assistant", "content": "<think>\nGreen.\n</think>\n\nB"}],
+            "rejected": [{"role": "assistant", "content": "<think>\nRed?\n</think>\n\nA"}],
+            "images": ["wide.png"],
+        },
+    ]
+    (tmp_path / "cot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = tiny_family_model("qwen3_5")
+    out = tmp_path / "build"
+    cfg = BuildConfig(
+        inputs=(str(tmp_path / "cot.jsonl"),), out=str(out), model=model, media_root=str(raw),
+        enable_thinking=enable_thinking,
+    )  # fmt: skip
+    run_build(cfg, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["config"]["enable_thinking"] is enable_thinking
+    (record,) = read_stage(out)
+    (pair,) = read_stage(out, kind="preference")
+    processor = AutoProcessor.from_pretrained(model)
+    image_tokens = [m["tokens"] for m in record["meta"]["media"]["images"]]
+    ids, labels = tokenize_with_labels(record["messages"], processor, image_tokens, [])
+    assert ids == _processor_tokens(processor, "qwen3_5", record, raw) and len(ids) == record["num_tokens"]
+    trained = processor.tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX])
+    if enable_thinking is False:
+        assert record["messages"][-1] == message("assistant", "B")
+        assert [pair["chosen"][0], pair["rejected"][0]] == [message("assistant", "B"), message("assistant", "A")]
+        assert record["meta"]["reasoning_dropped"] == 1 and pair["meta"]["reasoning_dropped"] == 2
+        assert trained == "<think>\n\n</think>\n\nB<|im_end|>"
+    else:
+        assert record["messages"][-1] == message("assistant", "<think>\nIt is green.\n</think>\n\nB")
+        assert "reasoning_dropped" not in record["meta"]
+        assert trained == "<think>\nIt is green.\n</think>\n\nB<|im_end|>"
+
+
+def test_build_refuses_enable_thinking_for_a_family_without_one(raw, tiny_family_model, tmp_path):
+    from postvl.chatml.build import BuildConfig, run_build
+
+    cfg = BuildConfig(
+        inputs=(str(raw / "data.jsonl"),), out=str(tmp_path / "b"), model=tiny_family_model("qwen3_vl"),
+        enable_thinking=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="enable_thinking is set but Qwen3-VL has no thinking mode"):
+        run_build(cfg, progress=False)
+    assert not (tmp_path / "b" / "stats.json").exists()
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_eval_asks_and_judges_in_the_familys_convention(built, tiny_family_model, tmp_path, monkeypatch, name):
+    """postvl eval on data built for each family: the family's prompt (system turn, <think> opened for Qwen3.5), boxes
+    asked and judged in its convention, exact accuracies from known outputs."""
+    from postvl.evaluation.stage import EvalConfig, run_eval
+
+    monkeypatch.setattr("postvl.evaluation.stage._load_tokenizer", lambda model: None)
+    family = get_family(name)
+    gold = next(r for r in read_stage(built(name)) if r["id"] == "box")["answer"]
+
+    def answer(request, i):
+        if "Find the sky" in request.prompt:  # the gold box in the family's convention, then a wrong one
+            final = f'Answer: [{{"bbox_2d": {json.loads(gold) if i % 2 == 0 else [0, 0, 5, 5]}, "label": "sky"}}]'
+        elif "Does it move" in request.prompt:
+            final = "Answer: yes"
+        elif "Which colour" in request.prompt:
+            final = "Answer: B"
+        else:
+            final = "\\boxed{5}"
+        return ("Let me look.\n</think>\n\n" if family.thinking else "") + final
+
+    gen = ScriptedGenerator(answer)
+    cfg = EvalConfig(
+        inputs=(str(built(name)),), out=str(tmp_path / "eval"), models=(f"m={tiny_family_model(name)}",), k=2,
+        max_tokens=64, max_model_len=512, max_videos=1,
+    )  # fmt: skip
+    result = run_eval(cfg, generators={"m": gen}, progress=False)
+    prompts = {r.key: r.prompt for r in gen.calls[0]}
+    assert sorted(prompts) == ["box", "img", "text", "vid"]
+    assert prompts["box"].startswith("<|im_start|>system\n") is (family.default_system is not None)
+    assert prompts["box"].endswith("<|im_start|>assistant\n" + ("<think>\n" if family.thinking else ""))
+    convention = "absolute pixel" if family.grounding == "absolute" else "relative to the image, as integers from 0"
+    assert convention in prompts["box"]
+    m = result.report["models"]["m"]
+    assert result.report["thinking"] is family.thinking
+    assert m["by_answer_type"]["bbox"]["accuracy"] == 0.5
+    assert m["overall"]["accuracy"] == pytest.approx((1 + 1 + 0.5 + 1) / 4)
+    # records without a gold (the gif and the assistant image, where the family's build kept them) are no_answer
+    stats = result.stats
+    assert (stats["kept"], stats["rejected"]) == (4, read_stats(built(name))["kept"] - 4)

@@ -170,3 +170,25 @@ def test_lora_target_parameters_of_the_training_config_reach_only_experts(tiny_f
     with pytest.raises(ValueError, match="no mixture-of-experts"):
         lora_config(_model(tiny_family_model, "qwen3_vl"),
                     ModelConfig(use_peft=True, lora_dropout=0.0, lora_target_parameters=["experts"]), vision)
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_5_moe"])
+def test_lora_all_linear_on_qwen3_5_is_every_linear_of_the_language_model(tiny_family_model, family):
+    """As ms-swift (every nn.Linear under `language_model`) and LLaMA-Factory (every Linear's name outside the ViT
+    and the merger) do: the Gated DeltaNet's in_proj_a / in_proj_b (one output per value head) and the MoE's
+    1-output shared_expert_gate are adapted too; the router (a parameter, not a Linear) and the packed experts are
+    not."""
+    model = _model(tiny_family_model, family)
+    pattern = modeling.lora_target_regex(model, "all-linear")
+    hits = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and re.fullmatch(pattern, n)}
+    gdn = ["in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b", "out_proj"]
+    mlp = [f"shared_expert.{p}" for p in ("gate_proj", "up_proj", "down_proj")] + ["shared_expert_gate"]
+    if family == "qwen3_5":
+        mlp = ["gate_proj", "up_proj", "down_proj"]
+    prefix = "model.language_model.layers"
+    expected = {f"{prefix}.0.linear_attn.{p}" for p in gdn} | {f"{prefix}.1.self_attn.{p}_proj" for p in "qkvo"}
+    expected |= {f"{prefix}.{i}.mlp.{p}" for i in (0, 1) for p in mlp}
+    assert hits == expected
+    if family == "qwen3_5_moe":
+        assert model.get_submodule(f"{prefix}.0.mlp.shared_expert_gate").out_features == 1
+        assert not isinstance(model.get_submodule(f"{prefix}.0.mlp.gate"), torch.nn.Linear)  # the router

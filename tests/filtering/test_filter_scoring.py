@@ -270,3 +270,18 @@ def test_judge_through_vllm_on_the_tiny_model(tmp_path, tiny_model_small, built_
     assert stats["funnel"]["scores"]["in"] == len(SURVIVORS)
     assert stats["funnel"]["scores"]["reasons"] == {"unparseable_judgement": len(SURVIVORS)}
     assert "unparseable_judgement" in proc.stdout
+
+
+def test_a_thinking_judge_is_scored_after_think(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (56, 56), (255, 0, 0)).save(tmp_path / "a.png")
+    low, high = (
+        json.dumps({"correctness": s, "helpfulness": s, "visual_grounding": s}) for s in (1, 8)
+    )
+    gen = ScriptedGenerator([f"First guess {low}.\n</think>\n\n{high}", f"Still thinking {high}"])
+    gen.family = "qwen3_5"  # its prompts open <think>
+    judge = JudgeScorer(gen, dimensions=DIMS, media_root=str(tmp_path), batch_size=2)
+    out = judge.score([rec("A red square.", "a"), rec("A red square.", "b")])
+    assert out == [{"correctness": 8.0, "helpfulness": 8.0, "visual_grounding": 8.0}, "unparseable_judgement"]
+    assert gen.requests[0].prompt.endswith("<|im_start|>assistant\n<think>\n")

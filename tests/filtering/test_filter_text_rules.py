@@ -84,6 +84,17 @@ def test_ngram_repetition_passes_natural_text(answer):
     assert NgramRepetitionFilter().check(rec(answer)) is None
 
 
+def test_ngram_repetition_counts_a_cjk_character_as_two_thirds_of_a_token():
+    # 31 tokens (27 characters, 4 numbers): "平均速度" twice covers a quarter of it, but it counts as 22 tokens
+    short = "平均速度等于路程除以时间：120 ÷ 2 = 60，所以火车的平均速度是每小时60千米。"
+    assert NgramRepetitionFilter().check(rec(short)) is None
+    assert NgramRepetitionFilter(min_tokens=22).check(rec(short)) == "top_ngram_repetition"
+    assert NgramRepetitionFilter(min_tokens=23).check(rec(short)) is None
+    # 45 characters count as 30 tokens: measured; 44 do not
+    assert NgramRepetitionFilter().check(rec("猫坐在垫子上" * 7 + "猫坐在")) == "top_ngram_repetition"
+    assert NgramRepetitionFilter().check(rec("猫坐在垫子上" * 7 + "猫坐")) is None
+
+
 @pytest.mark.parametrize(
     ("answer", "reason"),
     [
@@ -284,12 +295,13 @@ def _reference_ngram(filt, text):
     import re
     from collections import Counter
 
-    from postvl.filtering.base import TOKEN_RE
+    from postvl.filtering.base import CJK_RE, TOKEN_RE
 
     if filt.ignore_markup:
         text = re.sub(r"<[^<>]{1,200}>", " ", text)
     tokens = TOKEN_RE.findall(text)
-    if len(tokens) < max(filt.min_tokens, 1) or not (filt.top_ngrams or filt.dup_ngrams):
+    cjk = sum(1 for t in tokens if CJK_RE.fullmatch(t))  # a CJK character counts as 2/3 of a token toward min_tokens
+    if len(tokens) - cjk + cjk * 2 / 3 < max(filt.min_tokens, 1) - 1e-9 or not (filt.top_ngrams or filt.dup_ngrams):
         return None
     total = sum(map(len, tokens))
     for n, share in filt.top_ngrams.items():

