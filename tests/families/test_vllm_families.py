@@ -110,6 +110,7 @@ def _serve(names, models, tmp_path):
         # the served model is the saved one: vLLM's greedy tokens (bf16) have the log-probs transformers gives them
         # (float32) within 0.03, while log-probs across the vocabulary spread by ~0.2 (measured: 0.002-0.004)
         assert result["logprob_diff"] < 0.03 and result["logprob_std"] > 0.1, result
+    return results
 
 
 @pytest.mark.vllm
@@ -117,7 +118,8 @@ def _serve(names, models, tmp_path):
 def test_vllm_serves_every_family_with_image_and_video(tiny_family_model, tmp_path):
     # Qwen2.5-VL is served in tests/test_vllm_tiny.py and tests/rejection_sampling; one process, three engines here.
     names = ["qwen2_vl", "qwen3_vl", "qwen3_vl_moe"]
-    _serve(names, [tiny_family_model(n) for n in names], tmp_path)
+    served = _serve(names, [tiny_family_model(n) for n in names], tmp_path)  # each result checked in _serve
+    assert [r["family"] for r in served] == names
 
 
 @pytest.mark.vllm
@@ -127,4 +129,5 @@ def test_vllm_serves_qwen3_5_dense_and_moe_with_image_and_video(tiny_family_mode
     bfloat16 only, key and value head dims equal and 64 or 128, as in the released models), and loads the MoE's
     experts as transformers saves them (one tensor per expert, the released layout)."""
     names = ["qwen3_5", "qwen3_5_moe"]
-    _serve(names, [tiny_family_model(n) for n in names], tmp_path)
+    served = _serve(names, [tiny_family_model(n) for n in names], tmp_path)  # each result checked in _serve
+    assert [r["family"] for r in served] == names and all(r["hf"] == r["postvl"] for r in served)
