@@ -74,7 +74,7 @@ class PipelineConfig:
         synth: ``{n, seed, defect_rate, pairs, kinds}``: first write a synthetic dataset to ``RUN_DIR/raw``
             (``postvl synth``; keys left out take its defaults).
         tiny_model: ``{vocab, seed}``: first write a tiny offline model to ``model`` (``postvl tiny-model``).
-        base_model: ``{seed, n, steps}``: first write the demo's base model to ``model`` (``postvl demo-model``).
+        base_model: ``{seed, n, steps, kinds}``: first write the demo's base model to ``model`` (``postvl demo-model``).
         stages: per-stage settings, keyed by ``build``, ``split``, ``tag``, ``filter``, ``sample``, ``sft``, ``dpo``,
             ``eval``.
     """
@@ -384,9 +384,10 @@ def _prepare(cfg: PipelineConfig, run_dir: Path) -> None:
         subprocess.run([sys.executable, "-m", "postvl.cli", *args], check=True)
     if cfg.base_model is not None and not (Path(cfg.model) / "config.json").is_file():
         args = ["demo-model", cfg.model]
-        for key in ("seed", "n", "steps"):
-            if key in cfg.base_model:
-                args += [f"--{key}", str(cfg.base_model[key])]
+        for key in ("seed", "n", "steps", "kinds"):
+            if cfg.base_model.get(key) is not None:
+                value = cfg.base_model[key]
+                args += [f"--{key}", ",".join(value) if isinstance(value, list) else str(value)]
         subprocess.run([sys.executable, "-m", "postvl.cli", *args], check=True)
     if cfg.tiny_model is not None and not (Path(cfg.model) / "config.json").is_file():
         args = [

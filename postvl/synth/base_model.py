@@ -100,6 +100,7 @@ def make_base_model(
     seed: int = 0,
     n: int = 600,
     steps: int = 150,
+    kinds: tuple[str, ...] | None = None,
     sft_config: str | None = None,
     retrain: bool = False,
 ) -> Path:
@@ -110,6 +111,7 @@ def make_base_model(
         seed: seed of the random weights, the data and the training.
         n: synthetic records to draw (the clean single-image and text questions among them are trained on).
         steps: optimizer steps.
+        kinds: the synthetic kinds to draw (``postvl synth --kinds``; default: synth's default mix).
         sft_config: the SFT YAML the settings above are laid over (default: ``configs/sft/tiny_cpu.yaml``).
         retrain: train even when the shipped weights were made with these arguments.
     """
@@ -123,12 +125,13 @@ def make_base_model(
         shutil.rmtree(work)
     init = build_tiny_model(work / "init", vocab="small", seed=seed)
     raw = work / "raw"
-    generate(SynthConfig(out=str(raw), n=n, seed=seed + SEED_OFFSET, defect_rate=0.0, videos=False, pairs=0))
+    synth = SynthConfig(out=str(raw), n=n, seed=seed + SEED_OFFSET, defect_rate=0.0, videos=False, pairs=0, kinds=kinds)
+    generate(synth)
     records = [json.loads(line) for line in (raw / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     rows = training_records(records)
     (raw / "base.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     run_build(BuildConfig(inputs=(str(raw / "base.jsonl"),), out=str(work / "build"), model=str(init)), progress=False)
-    settings = {"seed": seed, "n": n, "steps": steps}
+    settings = {"seed": seed, "n": n, "steps": steps, "kinds": list(kinds) if kinds else None}
     shipped = SHIPPED / NOTE
     if not retrain and sft_config is None and shipped.is_file() and _settings(shipped) == settings:
         logger.info("using the shipped weights of %s (made with %s; --retrain trains them again)", SHIPPED, settings)
@@ -145,7 +148,7 @@ def make_base_model(
 
 def _settings(note: Path) -> dict[str, Any]:
     data = json.loads(note.read_text())
-    return {k: data.get(k) for k in ("seed", "n", "steps")}
+    return {k: data.get(k) for k in ("seed", "n", "steps", "kinds")}
 
 
 def _train(init: Path, work: Path, *, seed: int, steps: int, sft_config: str | None) -> Path:
@@ -167,12 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data and training (default 0)")
     parser.add_argument("--n", type=int, default=600, help="synthetic records to draw (default 600)")
     parser.add_argument("--steps", type=int, default=150, help="SFT steps (default 150)")
+    parser.add_argument("--kinds", help="comma-separated synthetic kinds to train on (default: synth's default mix)")
     parser.add_argument("--sft-config", help="SFT YAML under the settings (default: configs/sft/tiny_cpu.yaml)")
     parser.add_argument("--retrain", action="store_true", help="train even where shipped weights match")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = make_base_model(
-        args.out, seed=args.seed, n=args.n, steps=args.steps, sft_config=args.sft_config, retrain=args.retrain
+        args.out,
+        seed=args.seed,
+        n=args.n,
+        steps=args.steps,
+        kinds=tuple(args.kinds.split(",")) if args.kinds else None,
+        sft_config=args.sft_config,
+        retrain=args.retrain,
     )
     print(f"demo base model saved to {out} (trained on {out / WORK / 'build'})")
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from postvl.synth.defects import DEFECTS, duplicate, harmful_record, mark
-from postvl.synth.kinds import KINDS, ZH_SHARE, Task
+from postvl.synth.kinds import KINDS, OPT_IN, ZH_SHARE, Task
 from postvl.synth.render import LazyCharts
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class SynthConfig:
         seed: the seed; equal configs give byte-identical outputs.
         defect_rate: share of records with a planted defect (``postvl.synth.defects``).
         videos: include the video kind (needs OpenCV).
-        kinds: the clean kinds to draw (default: all); planted defects keep the kinds they are made from.
+        kinds: the clean kinds to draw (default: all but ``color_name``, which is drawn only when named); planted defects keep the kinds they are made from.
         pairs: preference pairs to write to ``preference.jsonl`` (default: a quarter of ``n``; 0: none).
         overwrite: replace the outputs of an earlier run in ``out``.
     """
@@ -94,7 +94,11 @@ class SynthResult:
 
 def plan(cfg: SynthConfig) -> list[Slot]:
     """The kind and defect of every record, in output order; duplicates come after the record they copy."""
-    kinds = [k for k in KINDS if (cfg.videos or k != "video_direction") and (cfg.kinds is None or k in cfg.kinds)]
+    kinds = [
+        k
+        for k in KINDS
+        if (cfg.videos or k != "video_direction") and (k in cfg.kinds if cfg.kinds is not None else k not in OPT_IN)
+    ]
     n_defects = round(cfg.n * cfg.defect_rate)
     names = list(DEFECTS)
     slots = [Slot(kinds[i % len(kinds)]) for i in range(cfg.n - n_defects)]
@@ -307,6 +311,7 @@ KIND_DOCS = {
     "point_grounding": "shapes; Qwen2.5-VL JSON `point_2d` inside one shape; the gold is the shape's box (point)",
     "counting": "n shapes of one colour and kind among distractors (count)",
     "yesno": "shapes; is there a <colour> <shape>? (yesno)",
+    "color_name": "one large shape; its colour as a word, English only; drawn only when named in kinds (text)",
     "captioning": "shapes; a two-sentence description (no gold answer)",
     "multi_image": "two images; which has more circles (choice) or does the first have more (yesno)",
     "multi_turn": "2-3 turns about one image: count, yes/no, colour count (last turn's gold)",

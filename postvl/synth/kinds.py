@@ -313,6 +313,38 @@ def yesno(task: Task) -> dict[str, Any]:
     )
 
 
+# Kinds left out of the default mix (drawn only when ``kinds`` names them).
+OPT_IN = {"color_name"}
+
+
+@kind("color_name", "perception", "general_vqa")
+def color_name(task: Task) -> dict[str, Any]:
+    """One large shape; its colour as a word (text). English only: the colour word is the gold.
+
+    The easiest perception question of the set: a shape of 56-140 px on a 224-336 px canvas covers several of the
+    image's tokens, so a model far too small for the other kinds can learn it, the larger shapes first. Not in the
+    default mix; the demo draws it (``configs/pipeline/demo.yaml``).
+    """
+    rng = task.rng
+    shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+    width, height = rng.choice(SIDES), rng.choice(SIDES)
+    placed = render.place_shapes(rng, width, height, [(shape, color)], min_size=56, max_size=140)
+    image, shapes = render.draw_shapes(width, height, placed)
+    path = task.save_image(image)
+    record = make_record(
+        task,
+        "color_name",
+        [user("<image>", f"What colour is the {shape} in the image?"), assistant(f"The {shape} is {color}.")],
+        answer=color,
+        answer_type="text",
+        images=[path],
+        image_sizes=[(width, height)],
+        truth={"shapes": shapes_truth(shapes), "target": {"shape": shape, "color": color}},
+    )
+    record["meta"]["lang"] = "en"
+    return record
+
+
 def _where(task: Task, s: Shape, size: tuple[int, int]) -> str:
     cx, cy = (s.box[0] + s.box[2]) / 2 / size[0], (s.box[1] + s.box[3]) / 2 / size[1]
     col = 0 if cx < 1 / 3 else (1 if cx < 2 / 3 else 2)

@@ -19,7 +19,7 @@ from PIL import Image
 from postvl.synth import SynthConfig, generate
 from postvl.synth import render as R
 from postvl.synth.defects import DEFECTS
-from postvl.synth.kinds import KINDS, LETTERS, evaluate, latex_gold, table_html
+from postvl.synth.kinds import KINDS, LETTERS, OPT_IN, evaluate, latex_gold, table_html
 
 ROOT = Path(__file__).parents[2]
 N = 200
@@ -79,7 +79,7 @@ def test_kinds_defects_languages_and_readme(dataset):
     assert sum(defects.values()) == round(N * 0.15)
     assert set(defects) == set(DEFECTS)
     kinds = Counter(r["meta"]["synth_kind"] for r in clean)
-    assert set(kinds) == set(KINDS)
+    assert set(kinds) == set(KINDS) - OPT_IN
     assert min(kinds.values()) >= 8
     zh = sum(r["meta"]["lang"] == "zh" for r in clean) / len(clean)
     assert 0.2 < zh < 0.45
@@ -434,3 +434,24 @@ def test_default_filter_policy_rejects_exactly_the_filter_defects(dataset):
         if expected and expected["stage"] == "verify":
             assert not verify(_last_answer(r), r["answer"], r["answer_type"]).correct
     assert set(caught) == {name for name, d in DEFECTS.items() if d.stage == "filter"}
+
+
+def test_color_name_is_opt_in_and_its_gold_is_the_shapes_colour(dataset, tmp_path):
+    from postvl.rejection_sampling.verify import verify
+
+    _, records = dataset
+    assert "color_name" in KINDS
+    assert "color_name" not in {r["meta"]["synth_kind"] for r in records}  # not in the default mix
+    out = tmp_path / "colors"
+    generate(SynthConfig(str(out), n=30, seed=4, defect_rate=0.0, videos=False, kinds=("color_name", "yesno")))
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    named = _clean(rows, "color_name")
+    assert len(named) == 15 and {r["meta"]["synth_kind"] for r in rows} == {"color_name", "yesno"}
+    for r in named:
+        (blob,) = _check_scene(out / r["images"][0], r["meta"]["truth"]["shapes"])
+        shape, color, (x1, y1, x2, y2) = blob
+        assert r["answer"] == color and r["answer_type"] == "text" and r["meta"]["lang"] == "en"
+        assert r["messages"][0]["content"][-1]["text"] == f"What colour is the {shape} in the image?"
+        assert max(x2 - x1, y2 - y1) >= 50  # large: several of the image's tokens
+        assert verify(f"Answer: {color}", r["answer"], "text").correct
+        assert not verify(f"Answer: {'red' if color != 'red' else 'blue'}", r["answer"], "text").correct
