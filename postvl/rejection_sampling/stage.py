@@ -5,7 +5,8 @@ question with its chain-of-thought instruction, samples ``k`` answers per questi
 (``postvl.generation``), judges and selects them (``select``), and writes:
 
     OUT/data/part-*.parquet        kept chain-of-thought records (up to m per question; records without a ground
-                                   truth pass through untouched, with meta.sampling = {"skipped": "no_answer"})
+                                   truth pass through untouched, with meta.sampling = {"skipped": "no_answer"}, or
+                                   are rejected as no_answer with keep_no_answer: false)
     OUT/preference/part-*.parquet  DPO pairs (prompt, chosen = correct + hygienic, rejected = incorrect)
     OUT/rejected.jsonl             questions rejected: no_correct_sample, no_hygienic_sample, too_easy (judged, with
                                    their verdicts in meta.sampling); invalid_gold, no_question, missing_media,
@@ -93,6 +94,8 @@ class SamplingConfig:
         pairs_per_question: p, the most DPO pairs per question (0: none).
         drop_too_easy: reject questions whose k samples are all correct (``too_easy``) instead of only flagging them.
         keep_instruction: keep the CoT instruction in the kept records' user turn (default: the original question).
+        keep_no_answer: records without a ground truth pass through untouched (default); ``False`` rejects them
+            (``no_answer``), so that the output holds only selected samples (SFT on rejection-sampled data alone).
         prompts: per answer type, an instruction string or {instruction, form, pattern} (``prompts.py``).
         hygiene: hygiene checks ``{name: {argument: value}}`` (``hygiene.py``); ``final_answer`` comes from prompts.
         verify: ``VerifyConfig`` arguments (tolerances, IoU threshold).
@@ -127,6 +130,7 @@ class SamplingConfig:
     pairs_per_question: int = 1
     drop_too_easy: bool = False
     keep_instruction: bool = False
+    keep_no_answer: bool = True
     prompts: Mapping[str, Any] = field(default_factory=dict)
     hygiene: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_HYGIENE))
     verify: Mapping[str, Any] = field(default_factory=dict)
@@ -315,7 +319,10 @@ class Sampler:
         for record in batch:
             if record.get("answer") is None or not record.get("answer_type"):
                 self.stats.no_answer += 1
-                writer.keep(_grow_meta(record, {"skipped": "no_answer"}))  # passes through untouched
+                if self.cfg.keep_no_answer:
+                    writer.keep(_grow_meta(record, {"skipped": "no_answer"}))  # passes through untouched
+                else:
+                    self._reject(writer, record, "no_answer", "no ground truth to sample against (keep_no_answer off)")
                 continue
             problem = self.unsampleable(record)
             if problem is not None:
@@ -718,7 +725,8 @@ def summary_table(stats: Mapping[str, Any], sampling: Mapping[str, Any], out: st
     table.add_section()
     table.add_row("records in / kept / rejected", f"{stats['total']:,} / {stats['kept']:,} / {stats['rejected']:,}")
     table.add_row("CoT records, DPO pairs", f"{sampling['cot_records']:,}, {sampling['pairs']:,}")
-    table.add_row("passed through (no answer)", f"{sampling['no_answer']:,}")
+    dropped = stats.get("reasons", {}).get("no_answer", 0)  # keep_no_answer off: rejected, listed below
+    table.add_row("no answer: passed through", f"{sampling['no_answer'] - dropped:,}")
     table.add_row("too easy / too hard", f"{sampling['too_easy']:,} / {sampling['too_hard']:,}")
     for reason, n in sorted(stats.get("reasons", {}).items(), key=lambda kv: -kv[1]):
         table.add_row(f"  rejected: {reason}", f"{n:,}")

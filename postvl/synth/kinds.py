@@ -321,14 +321,14 @@ OPT_IN = {"color_name"}
 def color_name(task: Task) -> dict[str, Any]:
     """One large shape; its colour as a word (text). English only: the colour word is the gold.
 
-    The easiest perception question of the set: a shape of 56-140 px on a 224-336 px canvas covers several of the
+    The easiest perception question of the set: a shape of 64-192 px on a 224-336 px canvas covers several of the
     image's tokens, so a model far too small for the other kinds can learn it, the larger shapes first. Not in the
     default mix; the demo draws it (``configs/pipeline/demo.yaml``).
     """
     rng = task.rng
     shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
     width, height = rng.choice(SIDES), rng.choice(SIDES)
-    placed = render.place_shapes(rng, width, height, [(shape, color)], min_size=56, max_size=140)
+    placed = render.place_shapes(rng, width, height, [(shape, color)], min_size=64, max_size=192)
     image, shapes = render.draw_shapes(width, height, placed)
     path = task.save_image(image)
     record = make_record(

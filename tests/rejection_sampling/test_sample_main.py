@@ -147,6 +147,27 @@ def test_several_diverse_samples_per_question_and_drop_too_easy(
     assert result.sampling["cot_records"] == 3  # q-free passed through: not a CoT record
 
 
+def test_keep_no_answer_off_rejects_records_without_a_ground_truth(
+    built_dataset, tiny_model_small, fake_generator, tmp_path
+):
+    out = tmp_path / "cot"
+    cfg = _config(built_dataset, out, tiny_model_small, keep_no_answer=False, pairs_per_question=0)
+    result = run_sampling(cfg, generator=fake_generator(scripted), progress=False)
+    stats = read_stats(out)
+    assert (stats["total"], stats["kept"], stats["rejected"]) == (5, 3, 2)
+    assert stats["reasons"] == {"no_correct_sample": 1, "no_answer": 1}
+    assert sorted(r["id"] for r in read_stage(out)) == ["q-math#s3", "q-yes-1#s0", "q-yes-2#s1"]  # samples only
+    rejected = {r["id"]: r for r in map(json.loads, (out / "rejected.jsonl").read_text().splitlines())}
+    assert rejected["q-free"]["reason"] == "no_answer" and rejected["q-free"]["record"]["id"] == "q-free"
+    assert result.sampling["no_answer"] == 1
+
+    from postvl.rejection_sampling.stage import summary_table
+
+    rows = summary_table(stats, result.sampling, str(out)).columns[0]._cells
+    assert "no answer: passed through" in rows and "  rejected: no_answer" in rows
+    assert summary_table(stats, result.sampling, str(out)).columns[1]._cells[rows.index("no answer: passed through")] == "0"
+
+
 def test_rerun_skips_a_finished_shard_and_a_changed_config_reruns(
     built_dataset, tiny_model_small, fake_generator, tmp_path
 ):
