@@ -44,6 +44,7 @@ STAGES = ("build", "split", "tag", "filter", "sample", "sft", "dpo", "eval")
 DATA_STAGES = ("build", "split", "tag", "filter", "sample")
 TRAINING_STAGES = ("sft", "dpo")
 MARKER = "pipeline_stage.json"
+BASE_MODEL_KEYS = ("seed", "n", "steps", "kinds")  # postvl demo-model's options
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class PipelineConfig:
                 errors.append(f"{key!r} is required")
         if raw.get("tiny_model") is not None and raw.get("base_model") is not None:
             errors.append("give tiny_model or base_model, not both (both write the model folder)")
+        if isinstance(raw.get("base_model"), dict):
+            errors += _unknown_keys(raw["base_model"], set(BASE_MODEL_KEYS), "base_model")
         if "eval" in stages and stages["eval"].enabled and not (stages.get("split") or StageConfig(False)).enabled:
             errors.append("stage 'eval' needs stage 'split' (the held-out split it evaluates on)")
         if errors:
@@ -384,7 +387,7 @@ def _prepare(cfg: PipelineConfig, run_dir: Path) -> None:
         subprocess.run([sys.executable, "-m", "postvl.cli", *args], check=True)
     if cfg.base_model is not None and not (Path(cfg.model) / "config.json").is_file():
         args = ["demo-model", cfg.model]
-        for key in ("seed", "n", "steps", "kinds"):
+        for key in BASE_MODEL_KEYS:
             if cfg.base_model.get(key) is not None:
                 value = cfg.base_model[key]
                 args += [f"--{key}", ",".join(value) if isinstance(value, list) else str(value)]

@@ -72,6 +72,17 @@ def test_config_errors_name_the_key_and_suggest(tmp_path):
     assert "unknown key 'stagse'" in message and "did you mean 'stages'" in message
     assert "unknown stage 'biuld'" in message and "did you mean 'build'" in message
     assert "unknown key 'confg' in stage 'sft'" in message
+    bad.write_text(yaml.safe_dump({"inputs": ["x"], "model": "m", "base_model": {"seed": 0, "kind": ["yesno"]}}))
+    with pytest.raises(ValueError, match=r"unknown key 'kind' in base_model \(did you mean 'kinds'\?\)"):
+        pipeline.PipelineConfig.from_yaml(bad)
+
+
+def test_the_demo_configs_load_and_pass_base_model_kinds_to_demo_model():
+    for name in ("demo.yaml", "demo_seed1.yaml"):
+        cfg = pipeline.PipelineConfig.from_yaml(REPO / "configs" / "pipeline" / name)
+        assert cfg.base_model == {"seed": 0, "n": 600, "steps": 150, "kinds": ["color_name", "yesno"]}
+        assert cfg.synth["kinds"] == ["color_name"]
+        assert "--no-keep-no-answer" in cfg.stages["sample"].args
 
 
 def test_commands_chain_stage_folders(tmp_path):

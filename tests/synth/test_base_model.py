@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -54,18 +55,23 @@ def test_synth_kinds_draws_only_those_clean_kinds(tmp_path):
 
 @pytest.mark.slow
 def test_the_shipped_weights_come_with_the_data_they_were_trained_on(tmp_path):
-    """With the shipped arguments, demo-model rebuilds the training data (the same 424 questions) and copies the
-    shipped weights; with others it would train."""
+    """With the shipped arguments (those of configs/pipeline/demo.yaml), demo-model rebuilds the training data (the
+    same questions) and copies the shipped weights; with others it would train."""
+    import yaml
+
     from postvl.synth.base_model import SHIPPED, make_base_model
 
-    out = make_base_model(tmp_path / "model", seed=0, n=600, steps=150)
-    note = json.loads((out / "demo_base.json").read_text())
     shipped = json.loads((SHIPPED / "demo_base.json").read_text())
-    assert note["records"] == shipped["records"] == 424
+    demo = yaml.safe_load((Path(__file__).parents[2] / "configs" / "pipeline" / "demo.yaml").read_text())["base_model"]
+    assert demo == {k: shipped[k] for k in ("seed", "n", "steps", "kinds")}
+    out = make_base_model(tmp_path / "model", seed=0, n=600, steps=150, kinds=tuple(shipped["kinds"]))
+    note = json.loads((out / "demo_base.json").read_text())
+    assert note["records"] == shipped["records"] == 600
+    assert note["weights"] == str(SHIPPED)
     assert (out / "model.safetensors").read_bytes() == (SHIPPED / "model.safetensors").read_bytes()
     from postvl.io import read_stats
 
-    assert read_stats(note["trained_on"])["kept"] == 424
+    assert read_stats(note["trained_on"])["kept"] == 600
     from transformers import AutoModelForImageTextToText
 
     assert AutoModelForImageTextToText.from_pretrained(out).config.model_type == "qwen2_5_vl"
