@@ -75,7 +75,8 @@ class PipelineConfig:
         synth: ``{n, seed, defect_rate, pairs, kinds}``: first write a synthetic dataset to ``RUN_DIR/raw``
             (``postvl synth``; keys left out take its defaults).
         tiny_model: ``{vocab, seed}``: first write a tiny offline model to ``model`` (``postvl tiny-model``).
-        base_model: ``{seed, n, steps, kinds}``: first write the demo's base model to ``model`` (``postvl demo-model``).
+        base_model: ``{seed, n, steps, kinds}``: first write the demo's base model to ``model``
+            (``postvl demo-model``).
         stages: per-stage settings, keyed by ``build``, ``split``, ``tag``, ``filter``, ``sample``, ``sft``, ``dpo``,
             ``eval``.
     """

@@ -125,8 +125,7 @@ def make_base_model(
         shutil.rmtree(work)
     init = build_tiny_model(work / "init", vocab="small", seed=seed)
     raw = work / "raw"
-    synth = SynthConfig(out=str(raw), n=n, seed=seed + SEED_OFFSET, defect_rate=0.0, videos=False, pairs=0, kinds=kinds)
-    generate(synth)
+    generate(SynthConfig(str(raw), n=n, seed=seed + SEED_OFFSET, defect_rate=0.0, videos=False, pairs=0, kinds=kinds))
     records = [json.loads(line) for line in (raw / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     rows = training_records(records)
     (raw / "base.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

@@ -39,7 +39,8 @@ class SynthConfig:
         seed: the seed; equal configs give byte-identical outputs.
         defect_rate: share of records with a planted defect (``postvl.synth.defects``).
         videos: include the video kind (needs OpenCV).
-        kinds: the clean kinds to draw (default: all but ``color_name``, which is drawn only when named); planted defects keep the kinds they are made from.
+        kinds: the clean kinds to draw (default: all but the opt-in ``color_name``, drawn only when named); planted
+            defects keep the kinds they are made from.
         pairs: preference pairs to write to ``preference.jsonl`` (default: a quarter of ``n``; 0: none).
         overwrite: replace the outputs of an earlier run in ``out``.
     """

@@ -163,9 +163,9 @@ def test_keep_no_answer_off_rejects_records_without_a_ground_truth(
 
     from postvl.rejection_sampling.stage import summary_table
 
-    rows = summary_table(stats, result.sampling, str(out)).columns[0]._cells
-    assert "no answer: passed through" in rows and "  rejected: no_answer" in rows
-    assert summary_table(stats, result.sampling, str(out)).columns[1]._cells[rows.index("no answer: passed through")] == "0"
+    columns = summary_table(stats, result.sampling, str(out)).columns
+    rows, counts = columns[0]._cells, columns[1]._cells
+    assert "  rejected: no_answer" in rows and counts[rows.index("no answer: passed through")] == "0"
 
 
 def test_rerun_skips_a_finished_shard_and_a_changed_config_reruns(
