@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from postvl.training.model import check_vision_frozen, install_vision_touch_for_run, lora_config
     from postvl.training.outputs import (
         plot_log_history,
+        restore_full_checkpoints,
         resume_value,
         save_final,
         save_parameter_table,
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("LM head of the loss: %s", lm_head)
     table = save_parameter_table(trainer.model, args.output_dir)
     logger.info("trainable parameters:\n%s", table)
+    restore_full_checkpoints(trainer)  # resume a full fine-tune from the checkpoint's weights (see there)
     trainer.train(resume_from_checkpoint=resume_value(args.resume_from_checkpoint))
 
     # Save: model or adapter + processor (pixel limits included), merged model, loss curve, summary.

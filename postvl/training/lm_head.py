@@ -10,8 +10,8 @@ each vocabulary tile in the backward pass; on a CPU that was 83% of an SFT step 
 plain head takes the backbone's hidden states at the trained positions, projects them through the LM head in blocks
 of rows and returns the same ``FusedCausalLMOutput`` fields from those logits (``log_softmax`` of the label,
 entropy, top-1, mean logit, ``log(sum p^2)``; see ``plain_log_probs``). It keeps one ``(trained tokens, vocab)``
-float32 tensor for the backward pass, and ``auto`` takes it per batch only while two of them fit ``max_logits_gb``, and keeps TRL's fused head on Triton devices,
-where the fused head is the fast one.
+float32 tensor for the backward pass, and ``auto`` takes it per batch only while two of them fit ``max_logits_gb``,
+and keeps TRL's fused head on Triton devices, where the fused head is the fast one.
 """
 
 from __future__ import annotations

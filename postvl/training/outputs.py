@@ -89,3 +89,71 @@ def plot_log_history(log_history: list[dict[str, Any]], path: str | Path, keys: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+FULL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def restore_full_checkpoints(trainer: Any) -> None:
+    """Make ``trainer`` resume a full fine-tune from its checkpoint's weights, not from the model it started with.
+
+    ``save_pretrained`` writes Qwen2-VL / Qwen2.5-VL checkpoints in the released layout (``model.layers.*``,
+    ``visual.*``), while the model in memory names them ``model.language_model.*`` and ``model.visual.*``. The
+    Trainer's resume loads the file into the model with ``load_state_dict(strict=False)`` and no renaming
+    (transformers#43701, also ms-swift#7947), so all but ``lm_head`` stay at their starting values, with only a
+    warning, and training goes on from the wrong weights. This loads a full-model checkpoint as ``from_pretrained``
+    does (its own key conversion), copies every tensor into the model strictly, and fails loudly if any tensor does
+    not match; adapter (LoRA) checkpoints, DeepSpeed and FSDP keep the Trainer's own loading. The checkpoint is read
+    into a second copy of the model on the CPU for the moment of the copy.
+    """
+    original = trainer._load_from_checkpoint
+
+    def load(resume_from_checkpoint: str, model: Any = None) -> None:
+        target = trainer.model if model is None else model
+        folder = Path(resume_from_checkpoint)
+        full = any((folder / name).is_file() for name in FULL_WEIGHTS)
+        if not full or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled or _is_peft(target):
+            original(resume_from_checkpoint, model)
+            return
+        restored = load_full_checkpoint(target, folder)
+        logger.info("resumed the model weights from %s (%d tensors)", folder, restored)
+
+    trainer._load_from_checkpoint = load
+
+
+def load_full_checkpoint(model: Any, folder: str | Path) -> int:
+    """Copy the weights of the ``save_pretrained`` folder ``folder`` into ``model`` (same class); returns the count.
+
+    Raises:
+        RuntimeError: a tensor of the model is missing from the checkpoint, or the checkpoint has one the model lacks.
+    """
+    param = next(model.parameters())
+    # from_pretrained renames the keys as the model family needs, but fills what the file lacks with new weights and
+    # only says so: its loading info is checked here
+    saved, info = type(model).from_pretrained(str(folder), dtype=param.dtype, output_loading_info=True)
+    problems = {k: sorted(v)[:5] for k, v in info.items() if k != "error_msgs" and v}
+    if info.get("error_msgs"):
+        problems["errors"] = list(info["error_msgs"])[:5]
+    if problems:
+        raise RuntimeError(f"checkpoint {folder} does not match the model being trained: {problems}")
+    state = saved.state_dict()
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise RuntimeError(
+            f"checkpoint {folder} does not match the model being trained: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    return len(state)
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)

@@ -112,6 +112,13 @@ def test_full_dpo_with_precomputed_reference_and_resume(tiny_model_small, colour
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4]
+    # resumed from checkpoint-2's weights, with the starting model as the reference: the same as 4 straight steps
+    straight = tmp_path / "straight"
+    _run(tiny_model_small, colour_pairs, straight, *common, "--max_steps", "4")
+    resumed, uninterrupted = load_file(out / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
 @pytest.fixture(scope="module")

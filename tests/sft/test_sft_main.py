@@ -131,6 +131,17 @@ def test_full_sft_padded_and_resume_from_checkpoint(tiny_model_small, built, tmp
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4]
+    # the resumed run went on from checkpoint-2's weights: it ends where 4 uninterrupted steps end (the Trainer
+    # alone would have restored lm_head only, the released key layout of the checkpoint not matching the model's)
+    straight = tmp_path / "straight"
+    _run_sft(tiny_model_small, built, straight, "--use_peft", "false", "--packing", "false", "--max_steps", "4")
+    resumed, uninterrupted = load_file(out / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=1e-4, atol=1e-6, msg=key)
+    layer = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.allclose(resumed[layer], trained[layer])
+    assert not torch.allclose(trained[layer].float(), base[layer].float())
 
 
 def test_pixel_limits_conflicting_with_the_dataset_are_an_error(tiny_model_small, built, tmp_path):
