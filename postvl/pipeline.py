@@ -44,6 +44,7 @@ STAGES = ("build", "split", "tag", "filter", "sample", "sft", "dpo", "eval")
 DATA_STAGES = ("build", "split", "tag", "filter", "sample")
 TRAINING_STAGES = ("sft", "dpo")
 MARKER = "pipeline_stage.json"
+STARTED = "pipeline_stage.started.json"  # a training stage's key, written when it starts (see _resumable)
 BASE_MODEL_KEYS = ("seed", "n", "steps", "kinds")  # postvl demo-model's options
 
 
@@ -329,11 +330,15 @@ class StageFailed(RuntimeError):
 
 def _run_stage(cfg: PipelineConfig, name: str, key: str, run_dir: Path) -> StageResult:
     out = stage_dir(run_dir, name)
+    finished = (out / MARKER).is_file()
     (out / MARKER).unlink(missing_ok=True)
     spec = cfg.stages[name]
     args = postvl_args(cfg, name)
-    if name in ("sft", "dpo") and _drop_partial_checkpoints(out):
-        args += ["--resume_from_checkpoint", "true"]
+    if name in ("sft", "dpo"):
+        if _resumable(out, key, finished) and _drop_partial_checkpoints(out):
+            args += ["--resume_from_checkpoint", "true"]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / STARTED).write_text(json.dumps({"stage": name, "key": key, "started": time.time()}) + "\n")
     command = launcher(spec) + args
     log = run_dir / "logs" / f"{name}.log"
     logger.info("%s: %s", name, " ".join(command))
@@ -356,6 +361,25 @@ def _run_stage(cfg: PipelineConfig, name: str, key: str, run_dir: Path) -> Stage
     tmp.write_text(json.dumps(marker, indent=2) + "\n")
     tmp.replace(out / MARKER)
     return StageResult(name, "ran", seconds)
+
+
+def _resumable(out: Path, key: str, finished: bool) -> bool:
+    """True when ``out`` holds a killed run of this very stage (same key, never finished): its checkpoints resume.
+
+    Otherwise (a finished run re-run with ``--from``, or a changed config or input) the old checkpoints belong to
+    another training and are deleted, so that the stage trains from its start instead of from their state.
+    """
+    started = out / STARTED
+    same = started.is_file() and json.loads(started.read_text()).get("key") == key
+    if same and not finished:
+        return True
+    stale = sorted(out.glob("checkpoint-*"))
+    if stale:
+        why = "finished before (re-run with --from)" if same else "made with another config or input"
+        logger.warning("%s: removing %d checkpoints %s: the stage trains from its start", out, len(stale), why)
+        for ckpt in stale:
+            shutil.rmtree(ckpt)
+    return False
 
 
 def _drop_partial_checkpoints(out: Path) -> bool:

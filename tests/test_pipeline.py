@@ -133,12 +133,23 @@ def test_run_skips_unchanged_stages_and_reruns_changed_ones(tmp_path, tiny_model
     assert (stats["total"], stats["kept"], stats["rejected"]) == (11, 10, 1)
     second = pipeline.run_pipeline(cfg)
     assert [r.status for r in second if r.status != "disabled"] == ["skipped", "skipped"]
-    # a changed SFT argument re-runs SFT only
-    cfg3 = pipeline.PipelineConfig.from_yaml(_config(tmp_path, tiny_model_small, raw, max_steps=3))
+    # a changed SFT argument re-runs SFT only, from its start: the old run's checkpoints are not resumed
+    sft_dir = Path(cfg.run_dir) / "06_sft"
+    old = load_file(sft_dir / "checkpoint-2" / "adapter_model.safetensors")
+    cfg3 = pipeline.PipelineConfig.from_yaml(
+        _config(tmp_path, tiny_model_small, raw, max_steps=3, learning_rate="5e-4")
+    )
     third = pipeline.run_pipeline(cfg3)
     assert [r.status for r in third if r.status != "disabled"] == ["skipped", "ran"]
     table = pipeline.summary_table(third, cfg.run_dir)
     assert "11 -> 10 (1)" in table
+    log = (Path(cfg.run_dir) / "logs" / "sft.log").read_text()
+    commands = [line for line in log.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and "--resume_from_checkpoint" not in commands[-1]
+    new = load_file(sft_dir / "checkpoint-2" / "adapter_model.safetensors")  # step 2 at the new learning rate
+    assert old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
+    state = json.loads((sft_dir / "checkpoint-3" / "trainer_state.json").read_text())
+    assert [h["learning_rate"] for h in state["log_history"] if "loss" in h] == [5e-4] * 3
 
 
 def test_a_failing_stage_names_its_command_and_log(tmp_path, tiny_model_small, capsys):
