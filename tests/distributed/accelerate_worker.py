@@ -107,3 +107,15 @@ def fully_shard_like_plugin(model: torch.nn.Module) -> torch.nn.Module:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+def vision_trunk(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the ViT trunk's weights (the merger excluded), to compare after training."""
+    return {k: v.clone() for k, v in model.model.visual.state_dict().items() if not k.startswith("merger.")}
+
+
+def trunk_unchanged(before: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> tuple[bool, int]:
+    """Whether the trunk tensors in ``state`` (named ``model.visual.*``) equal ``before``; and how many there are."""
+    trunk = {k.removeprefix("model.visual."): v for k, v in state.items() if k.startswith("model.visual.")}
+    trunk = {k: v for k, v in trunk.items() if not k.startswith("merger.")}
+    return all(torch.equal(before[k], v) for k, v in trunk.items()), len(trunk)

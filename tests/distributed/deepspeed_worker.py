@@ -12,6 +12,7 @@ import json
 import sys
 
 import torch
+from accelerate_worker import vision_trunk
 from mixed_worker import batches, load
 
 
@@ -36,7 +37,7 @@ def main(config_file: str, model_dir: str) -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     rank = torch.distributed.get_rank()
     model, processor = load(model_dir)
-    trunk_before = {k: v.clone() for k, v in model.model.visual.state_dict().items() if not k.startswith("merger.")}
+    trunk_before = vision_trunk(model)
     batch = batches(processor, rank)
     if "--no-touch" not in sys.argv:
         from postvl.vision_touch import install_vision_touch

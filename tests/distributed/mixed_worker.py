@@ -7,7 +7,7 @@ import json
 import sys
 
 import torch
-from accelerate_worker import fully_shard_like_plugin
+from accelerate_worker import fully_shard_like_plugin, trunk_unchanged, vision_trunk
 
 
 def batches(processor, rank: int) -> list[dict]:
@@ -50,7 +50,7 @@ def main(model_dir: str) -> None:
 
     accelerator = Accelerator(cpu=True)
     model, processor = load(model_dir)
-    trunk_before = {k: v.clone() for k, v in model.model.visual.state_dict().items() if not k.startswith("merger.")}
+    trunk_before = vision_trunk(model)
     batch = batches(processor, accelerator.process_index)
     if "--no-touch" not in sys.argv:
         from postvl.vision_touch import install_vision_touch
@@ -67,10 +67,8 @@ def main(model_dir: str) -> None:
         losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
     state = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
     if accelerator.is_main_process:
-        trunk = {k.removeprefix("model.visual."): v for k, v in state.items() if k.startswith("model.visual.")}
-        trunk = {k: v for k, v in trunk.items() if not k.startswith("merger.")}
-        same = all(torch.equal(trunk_before[k], v) for k, v in trunk.items())
-        print("RESULT " + json.dumps({"losses": losses, "trunk_unchanged": same, "trunk_params": len(trunk)}))
+        same, n_trunk = trunk_unchanged(trunk_before, state)
+        print("RESULT " + json.dumps({"losses": losses, "trunk_unchanged": same, "trunk_params": n_trunk}))
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 import torch
-from accelerate_worker import fully_shard_like_plugin
+from accelerate_worker import fully_shard_like_plugin, trunk_unchanged, vision_trunk
 
 
 def prepare(model_dir: str, data_dir: str, args):
@@ -45,7 +45,7 @@ def main(model_dir: str, data_dir: str) -> None:
     assert args.world_size == 2  # TRL's config sets up the process group (and resets accelerate's state): first
     accelerator = Accelerator(cpu=True)
     model, collator, touch = prepare(model_dir, data_dir, None if "--no-touch" in sys.argv else args)
-    trunk_before = {k: v.clone() for k, v in model.model.visual.state_dict().items() if not k.startswith("merger.")}
+    trunk_before = vision_trunk(model)
     model = fully_shard_like_plugin(model)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -60,11 +60,9 @@ def main(model_dir: str, data_dir: str) -> None:
         losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
     state = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
     if accelerator.is_main_process:
-        trunk = {k.removeprefix("model.visual."): v for k, v in state.items() if k.startswith("model.visual.")}
-        trunk = {k: v for k, v in trunk.items() if not k.startswith("merger.")}
-        same = all(torch.equal(trunk_before[k], v) for k, v in trunk.items())
+        same, n_trunk = trunk_unchanged(trunk_before, state)
         result = {"losses": losses, "vision_touch": touch, "rank0_media": media, "trunk_unchanged": same,
-                  "trunk_params": len(trunk)}
+                  "trunk_params": n_trunk}
         print("RESULT " + json.dumps(result), flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
