@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from dpo_models import policy_and_reference
 from PIL import Image
 from trl import DPOConfig
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
@@ -218,19 +219,7 @@ def raw_pairs(colour_pairs):
 
 
 def _family_loss_and_grads(model_dir, records, tmp_path, *, lora, share):
-    from postvl.modeling import projector_modules
-
-    model, processor = load_model_and_processor(model_dir, dtype="float32")
-    freeze_vision(model, train_merger=True)
-    ref = None if lora else frozen_copy(model)
-    peft_config = None
-    if lora:
-        from peft import LoraConfig
-
-        from postvl.modeling import lora_target_regex
-
-        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=lora_target_regex(model),
-                                 modules_to_save=projector_modules(model, train_merger=True), task_type="CAUSAL_LM")
+    model, processor, ref, peft_config = policy_and_reference(model_dir, lora=lora)
     shared = SharedVisionFeatures()
     args = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, gradient_checkpointing=False,
                      report_to="none", remove_unused_columns=False, beta=0.5, seed=0)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dpo_models import policy_and_reference
 from trl import DPOConfig
 
 from postvl.dpo.data import PreferenceCollator, PreferenceEncoder, index_dataset
-from postvl.dpo.train import frozen_copy, make_trainer
+from postvl.dpo.train import make_trainer
 from postvl.dpo.vision_cache import SharedVisionFeatures
 from postvl.io import read_stage
-from postvl.modeling import freeze_vision, load_model_and_processor, vision_tower
+from postvl.modeling import vision_tower
 from postvl.training.data import manifest_media_root, read_manifest
 from postvl.training.encoding import RecordList
 from postvl.vision_touch import install_vision_touch
@@ -35,17 +36,7 @@ def _text_pairs():
 
 
 def _trainer(model_dir, tmp_path, *, lora, touch):
-    model, processor = load_model_and_processor(model_dir, dtype="float32")
-    freeze_vision(model, train_merger=True)
-    ref = None if lora else frozen_copy(model)
-    peft_config = None
-    if lora:
-        from peft import LoraConfig
-
-        from postvl.modeling import lora_target_regex
-
-        peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=lora_target_regex(model),
-                                 modules_to_save=["merger"], task_type="CAUSAL_LM")
+    model, processor, ref, peft_config = policy_and_reference(model_dir, lora=lora)
     shared = SharedVisionFeatures()
     models = [m for m in (model, ref) if m is not None]
     for m in models:
