@@ -119,3 +119,17 @@ def trunk_unchanged(before: dict[str, torch.Tensor], state: dict[str, torch.Tens
     trunk = {k.removeprefix("model.visual."): v for k, v in state.items() if k.startswith("model.visual.")}
     trunk = {k: v for k, v in trunk.items() if not k.startswith("merger.")}
     return all(torch.equal(before[k], v) for k, v in trunk.items()), len(trunk)
+
+
+def sgd_steps(model: torch.nn.Module, accelerator, batch_at, steps: int = 2) -> tuple[list[float], dict]:
+    """``steps`` SGD steps (lr 0.1) of the FSDP2-sharded ``model`` on ``batch_at(step)``; returns the loss per step
+    averaged over the ranks and the full (gathered) parameters after them."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    losses = []
+    for step in range(steps):
+        loss = model(**batch_at(step)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+    return losses, {n: p.full_tensor().detach() for n, p in model.named_parameters()}

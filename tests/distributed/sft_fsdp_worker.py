@@ -13,8 +13,7 @@ import json
 import sys
 import tempfile
 
-import torch
-from accelerate_worker import fully_shard_like_plugin, trunk_unchanged, vision_trunk
+from accelerate_worker import fully_shard_like_plugin, sgd_steps, trunk_unchanged, vision_trunk
 
 
 def prepare(model_dir: str, data_dir: str, args):
@@ -47,18 +46,15 @@ def main(model_dir: str, data_dir: str) -> None:
     model, collator, touch = prepare(model_dir, data_dir, None if "--no-touch" in sys.argv else args)
     trunk_before = vision_trunk(model)
     model = fully_shard_like_plugin(model)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     rank, world = accelerator.process_index, accelerator.num_processes
-    losses, media = [], []
-    for step in range(2):
+    media = []
+
+    def batch_at(step: int) -> dict:
         batch = collator([{"bin": [step * world + rank]}])
         media.append("pixel_values" in batch)
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
-    state = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
+        return batch
+
+    losses, state = sgd_steps(model, accelerator, batch_at)
     if accelerator.is_main_process:
         same, n_trunk = trunk_unchanged(trunk_before, state)
         result = {"losses": losses, "vision_touch": touch, "rank0_media": media, "trunk_unchanged": same,

@@ -9,34 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
+from chat_batches import image_batch, text_batch
 
 from postvl.families import FAMILY_NAMES
 from postvl.modeling import freeze_vision, load_model_and_processor, vision_tower
 from postvl.training.config import VisionArguments
 from postvl.training.model import vision_touch_reason
 from postvl.vision_touch import install_vision_touch
-
-
-def _text_batch(processor):
-    messages = [
-        {"role": "user", "content": [{"type": "text", "text": "Say hi."}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Hi there!"}]},
-    ]
-    batch = dict(processor(text=[processor.apply_chat_template(messages, tokenize=False)], return_tensors="pt"))
-    batch["labels"] = batch["input_ids"].clone()
-    return batch
-
-
-def _image_batch(processor):
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Shade?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Red."}]},
-    ]
-    text = processor.apply_chat_template(messages, tokenize=False)
-    batch = dict(processor(text=[text], images=[Image.new("RGB", (112, 112), (200, 0, 0))], return_tensors="pt"))
-    batch["labels"] = batch["input_ids"].clone()
-    return batch
 
 
 def _grads(model):
@@ -62,7 +41,7 @@ def test_touch_adds_exactly_zero_and_reaches_every_vision_parameter(tiny_family_
         config = LoraConfig(r=4, target_modules=lora_target_regex(model, "all-linear"), task_type="CAUSAL_LM",
                             modules_to_save=projector_modules(model, train_merger=True))
         model = get_peft_model(model, config)
-    batch = _text_batch(processor)
+    batch = text_batch(processor)
     plain = model(**batch)
     plain.loss.backward()
     expected = _grads(model)
@@ -86,7 +65,7 @@ def test_touch_adds_exactly_zero_and_reaches_every_vision_parameter(tiny_family_
 
     # An image batch: the real image plus a dummy video; the image's own output is unchanged.
     model.zero_grad(set_to_none=True)
-    image = _image_batch(processor)
+    image = image_batch(processor)
     calls.clear()
     with_touch = model(**image).loss
     assert len(calls) == 2
@@ -101,10 +80,10 @@ def test_touch_per_modality_of_the_run(tiny_model_small):
     model, processor = load_model_and_processor(tiny_model_small, dtype="float32")
     install_vision_touch(model, ("image",))
     calls, _ = _tower_calls(model)
-    model(**_text_batch(processor))
+    model(**text_batch(processor))
     assert len(calls) == 1
     calls.clear()
-    model(**_image_batch(processor))
+    model(**image_batch(processor))
     assert len(calls) == 1  # image-only data: no dummy video
     with pytest.raises(ValueError, match="modalities"):
         install_vision_touch(model, ("audio",))
