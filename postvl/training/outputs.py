@@ -106,7 +106,8 @@ def restore_full_checkpoints(trainer: Any) -> None:
     ``visual.*``), while the model in memory names them ``model.language_model.*`` and ``model.visual.*``. The
     Trainer's resume loads the file into the model with ``load_state_dict(strict=False)`` and no renaming
     (transformers#43701, also ms-swift#7947), so all but ``lm_head`` stay at their starting values, with only a
-    warning, and training goes on from the wrong weights. This loads a full-model checkpoint as ``from_pretrained``
+    warning, and training goes on from the wrong weights (Qwen3.5-MoE loses its experts the same way: saved one
+    tensor per expert, packed in memory). This loads a full-model checkpoint as ``from_pretrained``
     does (its own key conversion), copies every tensor into the model strictly, and fails loudly if any tensor does
     not match; adapter (LoRA) checkpoints, DeepSpeed and FSDP keep the Trainer's own loading. The checkpoint is read
     into a second copy of the model on the CPU for the moment of the copy.
@@ -152,8 +153,6 @@ def load_full_checkpoint(model: Any, folder: str | Path) -> int:
 
 
 def _is_peft(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
+    from peft import PeftModel
+
     return isinstance(model, PeftModel)
